@@ -1,0 +1,1 @@
+"""pyllama_q.convert: checkpoints (Meta or Hugging Face layout) to GGUF."""

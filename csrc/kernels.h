@@ -1,0 +1,60 @@
+/* kernels.h: the internal kernel table shared by the forward pass and the
+ * per-ISA kernel files. Not part of the public API (that is pq.h).
+ *
+ * Every entry has a scalar reference twin in quants.c; SIMD variants
+ * (x86_avx2.c, x86_avx512.c, arm_neon.c) fill the same table with the same
+ * signatures, and dispatch.c picks one table once at start-up.
+ */
+#ifndef PQ_KERNELS_H
+#define PQ_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "pq.h"
+
+#define PQ_TYPE_COUNT 32 /* table size, indexed by GGML type id */
+
+/* Quantize n floats (n a multiple of the partner block size) into the
+ * activation format that pairs with a weight type (see pq_act_type). */
+typedef void (*pq_quantize_fn)(const float *x, void *y, int64_t n);
+
+/* Y[t*ldy + r] = dot(W row r, X row t) for r in [r0, r1), t in [0, n_tok).
+ * W rows are w_stride bytes apart, X rows (already in the partner format)
+ * x_stride bytes apart; cols is the logical row length in elements.
+ * Shape: W (rows, cols) @ X (n_tok, cols)^T -> Y (n_tok, rows). */
+typedef void (*pq_gemm_fn)(int64_t cols, const void *W, size_t w_stride,
+                           const void *X, size_t x_stride, int64_t n_tok,
+                           float *Y, int64_t ldy, int64_t r0, int64_t r1);
+
+typedef struct pq_kernels {
+    const char *name;                          /* "scalar", "avx2", ... */
+    pq_quantize_fn quantize_act[PQ_TYPE_COUNT]; /* by weight type */
+    pq_gemm_fn gemm[PQ_TYPE_COUNT];             /* by weight type */
+    /* Attention helpers over the KV cache, f32 or f16 storage. */
+    float (*dot_f32)(const float *a, const float *b, int64_t n);
+    void (*axpy_f32)(float a, const float *x, float *y, int64_t n); /* y += a*x */
+    float (*dot_f16)(const uint16_t *a, const float *b, int64_t n);
+    void (*axpy_f16)(float a, const uint16_t *x, float *y, int64_t n);
+} pq_kernels;
+
+/* The active table; set by dispatch before any model is built. */
+const pq_kernels *pq_kernels_get(void);
+
+/* The partner activation type of a weight type (Q8_0 for Q4_0 and Q8_0,
+ * Q8_1 for Q4_1, F32 for F32/F16/BF16), and the bytes of one activation row
+ * of cols elements in it. -1 / 0 for an unsupported weight type. */
+int pq_act_type(int wtype);
+size_t pq_act_row_bytes(int wtype, int64_t cols);
+
+/* Bytes of one row of n elements of type t (0 if n is not a whole number of
+ * blocks or t is unknown). */
+size_t pq_row_bytes(int type, int64_t n);
+
+/* The tables each ISA file provides (NULL-returning stubs when not built). */
+const pq_kernels *pq_kernels_scalar(void);
+const pq_kernels *pq_kernels_avx2(void);
+const pq_kernels *pq_kernels_avx512(void);
+const pq_kernels *pq_kernels_avx512vnni(void);
+const pq_kernels *pq_kernels_neon(void);
+
+#endif /* PQ_KERNELS_H */

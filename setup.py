@@ -1,0 +1,5 @@
+from setuptools import setup
+
+setup(
+    cffi_modules=["pyllama_q/_ffi_build.py:ffibuilder"],
+)
