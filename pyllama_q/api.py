@@ -163,6 +163,7 @@ class Model:
         it = session._start(tokens, replace=True, max_tokens=max_tokens,
                             stop=list(stop or []) + self._turn_strings, seed=seed,
                             stop_ids=self._turn_ids, sampler=sampler)
+        it = _lstrip_reply(it)
         return it if stream else "".join(c.text for c in it)
 
     # -- description --------------------------------------------------------------------
@@ -192,6 +193,19 @@ class Model:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _lstrip_reply(chunks):
+    """A reply starts at its first non-blank character (templates put the
+    newline or space after the role header themselves)."""
+    started = False
+    for c in chunks:
+        if not started:
+            text = c.text.lstrip()
+            if text:
+                started = True
+            c = Chunk(text, c.token)
+        yield c
 
 
 def _n_threads_of(weights):
@@ -373,6 +387,11 @@ class Session:
         t1 = time.perf_counter()
 
         detok = self.model._detok_factory(self.model.tokenizer)
+        if self._evaluated:
+            # The first generated token continues the text, so it must not lose
+            # a leading space as the start of a SentencePiece text would: prime
+            # the detokenizer with the last prompt token, dropping its text.
+            detok.feed(self._evaluated[-1])
         held = ""   # decoded text not yet released: a possible start of a stop string
         max_stop = max((len(s) for s in stops), default=0)
         try:
