@@ -245,6 +245,9 @@ def test_load_missing_file_is_one_clear_error(tmp_path):
 
 # --- the real sample model ------------------------------------------------------------
 
+SYSTEM = "You are a helpful AI assistant."
+
+
 @pytest.fixture(scope="module")
 def model(sample_model):
     pytest.importorskip("pyllama_q.model")
@@ -283,7 +286,11 @@ def test_real_stop_string(model):
 @pytest.mark.slow
 def test_real_chat_answers_paris_and_reuses_prefix(model):
     s = model.session()
-    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    # With the template's default system prompt this Q4_1 model answers off
+    # topic ("L'Etoile, la Cite, ...") in llama.cpp too; with this system prompt
+    # llama.cpp (llama-cpp-python 0.3.36, greedy) answers "The capital of France is Paris."
+    msgs = [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "What is the capital of France?"}]
     reply = model.chat(msgs, session=s, stream=False, temperature=0, max_tokens=48)
     assert "Paris" in reply and s.stats.finish == "eog"
     n1 = len(s.tokens)
