@@ -72,6 +72,11 @@ int pq_kernels_select(const char *variant);
  * (activations quantized to the weight type's partner format first). */
 int pq_kernel_matmul(const char *variant, int wtype, const void *W, int64_t rows,
                      int64_t cols, const float *X, int64_t n_tok, float *Y);
+/* The same for rows [r0, r1) only (the slice a forward-pass thread gets):
+ * Y keeps its full (n_tok, rows) layout and elements outside are untouched. */
+int pq_kernel_matmul_rows(const char *variant, int wtype, const void *W, int64_t rows,
+                          int64_t cols, const float *X, int64_t n_tok, float *Y,
+                          int64_t r0, int64_t r1);
 
 /* ---- model ---------------------------------------------------------------- */
 typedef struct {
