@@ -194,3 +194,27 @@ int pq_kernel_matmul_rows(const char *variant, int wtype, const void *W, int64_t
                           int64_t r0, int64_t r1) {
     return matmul(variant, wtype, W, rows, cols, X, n_tok, Y, r0, r1);
 }
+
+int pq_kernel_dot(const char *variant, int type, const void *a, const float *b,
+                  int64_t n, float *out) {
+    pthread_once(&once, init);
+    if (!a || !b || !out || n < 0) return PQ_ERR_ARG;
+    const pq_kernels *k = variant ? table_of(variant) : active;
+    if (!k) return PQ_ERR_UNSUPPORTED;
+    if (type == PQ_TYPE_F32) *out = k->dot_f32(a, b, n);
+    else if (type == PQ_TYPE_F16) *out = k->dot_f16(a, b, n);
+    else return PQ_ERR_TYPE;
+    return PQ_OK;
+}
+
+int pq_kernel_axpy(const char *variant, int type, float alpha, const void *x, float *y,
+                   int64_t n) {
+    pthread_once(&once, init);
+    if (!x || !y || n < 0) return PQ_ERR_ARG;
+    const pq_kernels *k = variant ? table_of(variant) : active;
+    if (!k) return PQ_ERR_UNSUPPORTED;
+    if (type == PQ_TYPE_F32) k->axpy_f32(alpha, x, y, n);
+    else if (type == PQ_TYPE_F16) k->axpy_f16(alpha, x, y, n);
+    else return PQ_ERR_TYPE;
+    return PQ_OK;
+}
