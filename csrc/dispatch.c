@@ -218,3 +218,17 @@ int pq_kernel_axpy(const char *variant, int type, float alpha, const void *x, fl
     else return PQ_ERR_TYPE;
     return PQ_OK;
 }
+
+int pq_kernel_quantize_act(const char *variant, int wtype, const float *x, void *y,
+                           int64_t n_rows, int64_t cols) {
+    pthread_once(&once, init);
+    if (!x || !y || n_rows < 0 || cols < 0) return PQ_ERR_ARG;
+    const pq_kernels *k = variant ? table_of(variant) : active;
+    if (!k) return PQ_ERR_UNSUPPORTED;
+    if (wtype < 0 || wtype >= PQ_TYPE_COUNT || !k->quantize_act[wtype]) return PQ_ERR_TYPE;
+    const size_t rb = pq_act_row_bytes(wtype, cols);
+    if (!rb && cols) return PQ_ERR_SHAPE;
+    for (int64_t r = 0; r < n_rows; r++)
+        k->quantize_act[wtype](x + r * cols, (char *)y + r * rb, cols);
+    return PQ_OK;
+}

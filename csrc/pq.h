@@ -77,6 +77,10 @@ int pq_kernel_matmul(const char *variant, int wtype, const void *W, int64_t rows
 int pq_kernel_matmul_rows(const char *variant, int wtype, const void *W, int64_t rows,
                           int64_t cols, const float *X, int64_t n_tok, float *Y,
                           int64_t r0, int64_t r1);
+/* Test hook: n_rows rows of cols floats into the activation format that
+ * pairs with wtype (pq_act_type), with the variant's quantize_act. */
+int pq_kernel_quantize_act(const char *variant, int wtype, const float *x, void *y,
+                           int64_t n_rows, int64_t cols);
 /* Test hooks for the attention helpers of a variant (NULL = active); type is
  * PQ_TYPE_F32 or PQ_TYPE_F16 (the KV-cache storage of a / x):
  * *out = dot(a, b) over n elements; y[i] += alpha * x[i] for i < n. */

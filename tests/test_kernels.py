@@ -227,3 +227,28 @@ def test_matmul_bad_arguments():
     assert lib.pq_kernel_matmul(b"scalar", lib.PQ_TYPE_Q4_0, w, 1, 40, x, 1, y) == lib.PQ_ERR_SHAPE
     assert lib.pq_kernel_matmul(b"bogus", lib.PQ_TYPE_Q4_0, w, 1, 32, x, 1, y) == lib.PQ_ERR_UNSUPPORTED
     assert lib.pq_kernel_matmul_rows(b"scalar", lib.PQ_TYPE_Q4_0, w, 2, 32, x, 1, y, 1, 3) == lib.PQ_ERR_ARG
+
+
+@pytest.mark.parametrize("variant", ["scalar"] + SIMD)
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q8_0", "F16"])
+def test_quantize_act_bit_exact_with_reference(variant, name):
+    """Each variant's activation quantizer writes the same bytes as the
+    reference encoder (pq_quantize of the partner type), including values
+    that land exactly on .5 after scaling (round half away from zero)."""
+    if variant not in AVAILABLE:
+        pytest.skip(f"{variant} not available here")
+    rng = np.random.default_rng(4)
+    rows, cols = 6, 512
+    x = (rng.standard_normal((rows, cols)) * rng.uniform(1e-3, 1e3, (rows, 1))).astype(np.float32)
+    x[1] = rng.integers(-254, 255, cols) / 2.0     # ties: amax 127 -> id 1
+    x[1, ::32] = 127.0
+    x[2, :64] = 0.0
+    x[3, 5::32] = -1e4                                  # outliers
+    at = ACT.get(name, lib.PQ_TYPE_F32)
+    ref = quantize(at, x)
+    got = np.full_like(ref, 0xAB)
+    st = lib.pq_kernel_quantize_act(variant.encode(), WTYPES[name], _ptr(x, "float *"),
+                                    _ptr(got, "void *"), rows, cols)
+    assert st == lib.PQ_OK
+    bad = np.nonzero((got != ref).any(axis=1))[0]
+    assert bad.size == 0, f"{variant} {name}: rows {bad.tolist()} differ from the reference"
