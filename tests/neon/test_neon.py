@@ -30,6 +30,7 @@ def neon_binary(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # cross-compiles the kernel files (~15 s)
 @pytest.mark.parametrize("cpu,expect", [("max", "dotprod"), ("cortex-a53", None)])
 def test_neon_kernels_match_scalar_under_qemu(neon_binary, cpu, expect):
     res = subprocess.run([QEMU, "-cpu", cpu, neon_binary], capture_output=True, text=True, timeout=300)
