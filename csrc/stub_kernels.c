@@ -8,9 +8,6 @@ size_t pq_type_block_bytes(int type) { (void)type; return 0; }
 int pq_quantize(int type, const float *src, void *dst, int64_t n_rows, int64_t n_cols) {
     (void)type; (void)src; (void)dst; (void)n_rows; (void)n_cols; return PQ_ERR_UNSUPPORTED;
 }
-int pq_dequantize(int type, const void *src, float *dst, int64_t n_rows, int64_t n_cols) {
-    (void)type; (void)src; (void)dst; (void)n_rows; (void)n_cols; return PQ_ERR_UNSUPPORTED;
-}
 const char *pq_cpu_features(void) { return ""; }
 const char *pq_kernels_active(void) { return "none"; }
 const char *pq_kernels_available(void) { return ""; }
