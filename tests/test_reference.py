@@ -79,6 +79,10 @@ def _field_value(f):
 
 @pytest.fixture(scope="module")
 def reference(sample_model, tmp_path_factory):
+    return build_reference(sample_model, tmp_path_factory.mktemp("f32"))
+
+
+def build_reference(sample_model, tmp_dir):
     """Tokens of TEXT, reference logits for them, the reference greedy
     continuation, and the path of an F32 copy of the sample model."""
     torch.set_num_threads(1)
@@ -87,7 +91,7 @@ def reference(sample_model, tmp_path_factory):
     W = _dequantized(reader)
 
     # The F32 copy: every tensor dequantized, all metadata copied.
-    f32_path = tmp_path_factory.mktemp("f32") / "smollm2-f32.gguf"
+    f32_path = os.path.join(tmp_dir, "smollm2-f32.gguf")
     w = gguf.GGUFWriter(str(f32_path), md["general.architecture"])
     for k, f in reader.fields.items():
         if k.startswith("GGUF.") or k in ("general.architecture", "general.file_type"):
@@ -177,8 +181,11 @@ def test_q4_1_file_close_to_transformers(reference, sample_model):
     logits, _ = _ours(sample_model, ref["ids"])
     kl_mean, kl_max, top1 = _kl_top1(ref["logits"], logits)
     print(f"Q4_1 file: mean KL {kl_mean:.4g} max KL {kl_max:.3g} top1 {top1:.4f}")
-    # Measured once (ours, 288 tokens, F16 KV): mean KL 2.63e-3, max KL 0.0167,
-    # top-1 0.958. TODO: replace by llama.cpp's numbers on the same file and
-    # tokens once llama-cpp-python is importable here.
-    assert kl_mean < 4e-3
-    assert top1 >= 0.94
+    # The bounds are llama.cpp's own numbers on this file and these tokens,
+    # measured once with llama-cpp-python 0.3.36: Llama(model_path,
+    # logits_all=True, n_ctx=512, n_batch=512, n_threads=1).eval(ids), scores
+    # against this same reference: mean KL 2.825e-3, max KL 0.0152, top-1
+    # 0.9444 (272/288). Ours measured at the same time: mean KL 2.628e-3,
+    # max KL 0.0167, top-1 0.9583 (276/288).
+    assert kl_mean <= 2.825e-3
+    assert top1 >= 272 / 288
