@@ -367,3 +367,19 @@ def test_default_threads_is_physical_cores(q4_model):
     path, _, _ = q4_model
     with Weights(path) as w:
         assert 1 <= w.n_threads <= __import__("os").cpu_count()
+
+
+def test_idle_pool_sleeps(q4_model):
+    """After an evaluation the workers spin briefly, then block: an idle model
+    must not burn CPU (process CPU time over a 0.5 s wait stays small)."""
+    import time
+
+    path, _, _ = q4_model
+    with Weights(path, n_threads=2) as w, KVContext(w, 64) as c:
+        c.eval(TOKENS, 0)
+        time.sleep(0.2)  # let the post-job spin run out
+        t0 = time.process_time()
+        time.sleep(0.5)
+        busy = time.process_time() - t0
+        c.eval(TOKENS, 0)  # and they wake up again
+    assert busy < 0.05, f"idle pool used {busy:.3f} s of CPU in 0.5 s"
