@@ -23,7 +23,13 @@
 #include "model.h"
 #include "quants.h"
 
-enum { N_XQ = 3 }; /* quantized-activation buffers: one per distinct partner type of Q/K/V */
+enum { N_XQ = 3 }; /* quantized-input buffers: one per distinct partner type of Q/K/V */
+
+/* A worker's own staging area for decode (fewer tokens than workers). */
+typedef struct {
+    float *xb;                /* (n_priv, max(dim, q_dim, ffn_dim)) rmsnorm output */
+    void *xq[N_XQ];           /* (n_priv, max_act_bytes) quantized matmul inputs */
+} pq_priv;
 
 struct pq_ctx {
     pq_model *m;
@@ -42,6 +48,8 @@ struct pq_ctx {
     float *hb, *hb2;          /* (n_batch, ffn_dim) gate (then silu*up), up */
     float *att;               /* (n_threads, n_ctx) one score row per worker */
     float *rope_cos, *rope_sin; /* (n_batch, rope_dim/2) per token of the batch */
+    pq_priv *priv;            /* (n_threads) */
+    int n_threads;
 
     atomic_int cancel;        /* set by pq_ctx_cancel, cleared by the eval that sees it */
 
@@ -71,55 +79,48 @@ static void *aligned_calloc(size_t bytes) {
     return p;
 }
 
-/* For each matrix of a group sharing one input, the xq buffer its quantized
- * input lives in: matrices with the same partner type share a buffer. */
-static void assign_xq(const pq_ctx *c, const pq_tensor *const *ws, int nw, void **xq_of,
-                      int *first) {
-    for (int i = 0; i < nw; i++) {
-        int s = i;
-        for (int j = 0; j < i; j++)
-            if (pq_act_type(ws[j]->type) == pq_act_type(ws[i]->type)) {
-                s = j;
-                break;
-            }
-        first[i] = s == i;
-        xq_of[i] = c->xq[s];
-    }
-}
-
-/* Optional rmsnorm with gain g (NULL: none), then quantization for every
- * matrix of the group. Rows src (n, cols) -> xq buffers (n, max_act_bytes).
- * With at least one token per worker, rows are split by token; otherwise
- * each row's 32-element blocks are split (the mean square is then computed
- * redundantly by every worker, which is cheaper than a barrier). */
-static void norm_quantize(pq_ctx *c, const float *src, int64_t cols, const float *g, int n,
-                          const pq_tensor *const *ws, int nw, int ith, int nth) {
+/* Optional rmsnorm with gain g (NULL: none), then quantization of the rows
+ * src (n, cols) for every matrix of a group reading them; matrices with the
+ * same partner type share a buffer. xq_of[i] gets the rows matrix i reads
+ * (stride max_act_bytes). Returns 1 if the caller must pass a barrier
+ * before the matmuls.
+ * With at least one token per worker (prefill) rows are split by token into
+ * shared buffers. With fewer (decode), every worker stages all rows into its
+ * own buffers: normalizing and quantizing a row twice costs far less than a
+ * barrier, which on a busy machine can cost a scheduler time slice. */
+static int stage(pq_ctx *c, const float *src, int64_t cols, const float *g, int n,
+                 const pq_tensor *const *ws, int nw, int ith, int nth, const void **xq_of) {
     const pq_kernels *K = pq_kernels_get();
     const pq_model *m = c->m;
-    void *xq_of[N_XQ];
-    int first[N_XQ];
-    assign_xq(c, ws, nw, xq_of, first);
-    int by_token = n >= nth || cols % 32 != 0;
-    for (int t = by_token ? ith : 0; t < n; t += by_token ? nth : 1) {
+    const size_t xs = m->max_act_bytes;
+    int shared = n >= nth;
+    void *const *bufs = shared ? c->xq : c->priv[ith].xq;
+    float *xb = shared ? c->xb : c->priv[ith].xb;
+    int slot[N_XQ];
+    for (int i = 0; i < nw; i++) {
+        slot[i] = i;
+        for (int j = 0; j < i; j++)
+            if (pq_act_type(ws[j]->type) == pq_act_type(ws[i]->type)) {
+                slot[i] = j;
+                break;
+            }
+        xq_of[i] = bufs[slot[i]];
+    }
+    for (int t = shared ? ith : 0; t < n; t += shared ? nth : 1) {
         const float *in = src + (int64_t)t * cols;
-        int64_t a = 0, b = cols;
-        if (!by_token) split(cols, ith, nth, 32, &a, &b);
-        if (a >= b) continue;
         if (g) {
-            double ss = 0; /* double: the sum of 1e3..1e4 squares */
+            double ss = 0; /* double: a sum of 1e3..1e4 squares */
             for (int64_t i = 0; i < cols; i++) ss += (double)in[i] * in[i];
             float inv = (float)(1.0 / sqrt(ss / cols + m->hp.rms_eps));
-            float *out = c->xb + (int64_t)t * cols;
-            for (int64_t i = a; i < b; i++) out[i] = in[i] * inv * g[i];
+            float *out = xb + (int64_t)t * cols;
+            for (int64_t i = 0; i < cols; i++) out[i] = in[i] * inv * g[i];
             in = out;
         }
-        for (int i = 0; i < nw; i++) {
-            if (!first[i]) continue;
-            char *dst = (char *)xq_of[i] + (size_t)t * m->max_act_bytes +
-                        pq_act_row_bytes(ws[i]->type, a);
-            K->quantize_act[ws[i]->type](in + a, dst, b - a);
-        }
+        for (int i = 0; i < nw; i++)
+            if (slot[i] == i)
+                K->quantize_act[ws[i]->type](in, (char *)bufs[i] + (size_t)t * xs, cols);
     }
+    return shared;
 }
 
 /* Y = W @ X for rows [r0, r1) of W and all n tokens; Y is (n, ldy). */
@@ -127,26 +128,6 @@ static void matmul(const pq_tensor *w, const void *xq, size_t xs, int n, float *
                    int64_t r0, int64_t r1) {
     if (r0 >= r1) return;
     pq_kernels_get()->gemm[w->type](w->cols, w->data, w->row_bytes, xq, xs, n, y, ldy, r0, r1);
-}
-
-/* Several matrices reading the same input, their rows concatenated and
- * split across workers so that small ones (K, V) do not idle anyone. */
-static void matmul_group(pq_ctx *c, const pq_tensor *const *ws, float *const *ys, int nw,
-                         int n, int ith, int nth) {
-    void *xq_of[N_XQ];
-    int first[N_XQ];
-    assign_xq(c, ws, nw, xq_of, first);
-    int64_t total = 0;
-    for (int i = 0; i < nw; i++) total += ws[i]->rows;
-    int64_t a, b, off = 0;
-    split(total, ith, nth, 16, &a, &b);
-    for (int i = 0; i < nw; i++) {
-        int64_t r0 = a - off, r1 = b - off;
-        if (r0 < 0) r0 = 0;
-        if (r1 > ws[i]->rows) r1 = ws[i]->rows;
-        matmul(ws[i], xq_of[i], c->m->max_act_bytes, n, ys[i], ws[i]->rows, r0, r1);
-        off += ws[i]->rows;
-    }
 }
 
 /* Rotate consecutive pairs (v[2i], v[2i+1]) of the first rope_dim entries
@@ -171,6 +152,9 @@ static void store_kv(void *dst, const float *src, int64_t n, int kv_type) {
 
 /* ---- the forward pass --------------------------------------------------- */
 
+/* Every worker runs this once per pq_ctx_eval. Phases that read what other
+ * workers wrote are separated by pq_pool_barrier: five per layer in decode,
+ * up to eight in prefill (where staging the inputs is shared). */
 static void forward_worker(void *arg, int ith, int nth) {
     pq_ctx *c = arg;
     const pq_model *m = c->m;
@@ -184,10 +168,12 @@ static void forward_worker(void *arg, int ith, int nth) {
     const int group = n_heads / n_kv; /* query heads per kv head */
     const float scale = 1.0f / sqrtf((float)hd);
     const size_t xs = m->max_act_bytes;
+    const void *xq[N_XQ];
     int64_t a, b;
 
     /* Embedding lookup: dequantize token rows into the residual stream, and
-     * the RoPE angles of each position, theta_i = p * base^(-2i/rope_dim). */
+     * the RoPE angles of each position, theta_i = p * base^(-2i/rope_dim)
+     * (divided by the rope_freqs factor when the model has one). */
     for (int t = ith; t < n; t += nth) {
         const pq_tensor *E = &m->tok_embd;
         pq_dequantize(E->type, (const char *)E->data + (size_t)c->tokens[t] * E->row_bytes,
@@ -205,31 +191,32 @@ static void forward_worker(void *arg, int ith, int nth) {
         char *kc = (char *)c->k_cache + (size_t)l * c->n_ctx * kv_dim * c->kv_elem;
         char *vc = (char *)c->v_cache + (size_t)l * c->n_ctx * kv_dim * c->kv_elem;
         const pq_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv};
-        float *qkv_out[3] = {c->q, c->k, c->v};
         const pq_tensor *gate_up[2] = {&L->gate, &L->up};
 
-        /* Attention rmsnorm, and its output quantized once for Q, K and V. */
-        norm_quantize(c, c->x, dim, L->attn_norm.data, n, qkv, 3, ith, nth);
-        pq_pool_barrier(pool);
+        /* Attention rmsnorm, quantized once for Q, K and V. */
+        if (stage(c, c->x, dim, L->attn_norm.data, n, qkv, 3, ith, nth, xq))
+            pq_pool_barrier(pool);
 
-        /* q = Wq x, k = Wk x, v = Wv x: (n, q_dim), (n, kv_dim), (n, kv_dim). */
-        matmul_group(c, qkv, qkv_out, 3, n, ith, nth);
-        pq_pool_barrier(pool);
-
-        /* RoPE on every query and key head; keys and values then go into the
-         * cache at positions pos..pos+n-1. Work items are (token, head). */
-        for (int u = ith; u < n * (n_heads + n_kv); u += nth) {
-            int t = u / (n_heads + n_kv), h = u % (n_heads + n_kv);
-            const float *cs = c->rope_cos + t * half, *sn = c->rope_sin + t * half;
-            if (h < n_heads) {
-                rope(c->q + (int64_t)t * q_dim + h * hd, cs, sn, half);
-            } else {
-                h -= n_heads;
-                float *kr = c->k + (int64_t)t * kv_dim + h * hd;
-                rope(kr, cs, sn, half);
-                size_t at = ((size_t)(pos + t) * kv_dim + (size_t)h * hd) * c->kv_elem;
-                store_kv(kc + at, kr, hd, c->kv_type);
-                store_kv(vc + at, c->v + (int64_t)t * kv_dim + h * hd, hd, c->kv_type);
+        /* q = Wq x, k = Wk x, v = Wv x: (n, q_dim), (n, kv_dim), (n, kv_dim);
+         * RoPE on q and k; k and v into the cache at positions pos..pos+n-1.
+         * Work items are heads (head_dim rows of Wq, Wk or Wv), so a worker
+         * rotates and stores exactly the heads it computed. */
+        split(n_heads + 2 * n_kv, ith, nth, 1, &a, &b);
+        for (int i = 0, u0 = 0; i < 3; u0 += i == 0 ? n_heads : n_kv, i++) {
+            int cnt = i == 0 ? n_heads : n_kv;
+            int h0 = a - u0 > 0 ? (int)(a - u0) : 0, h1 = b - u0 < cnt ? (int)(b - u0) : cnt;
+            if (h0 >= h1) continue;
+            float *y = i == 0 ? c->q : i == 1 ? c->k : c->v;
+            int ld = i == 0 ? q_dim : kv_dim;
+            matmul(qkv[i], xq[i], xs, n, y, ld, (int64_t)h0 * hd, (int64_t)h1 * hd);
+            for (int t = 0; t < n; t++) {
+                const float *cs = c->rope_cos + t * half, *sn = c->rope_sin + t * half;
+                for (int h = h0; h < h1; h++) {
+                    float *yh = y + (int64_t)t * ld + h * hd;
+                    size_t at = ((size_t)(pos + t) * kv_dim + (size_t)h * hd) * c->kv_elem;
+                    if (i < 2) rope(yh, cs, sn, half);
+                    if (i > 0) store_kv((i == 1 ? kc : vc) + at, yh, hd, c->kv_type);
+                }
             }
         }
         pq_pool_barrier(pool);
@@ -267,41 +254,36 @@ static void forward_worker(void *arg, int ith, int nth) {
         }
         pq_pool_barrier(pool);
 
-        /* Output projection: x += Wo att_out. Each worker adds the rows it
-         * computed, so the residual needs no extra barrier. */
-        norm_quantize(c, c->att_out, q_dim, NULL, n, (const pq_tensor *[]){&L->wo}, 1, ith, nth);
-        pq_pool_barrier(pool);
+        /* Output projection and residual: x += Wo att_out. Each worker adds
+         * the rows it computed, so the residual needs no barrier of its own. */
+        if (stage(c, c->att_out, q_dim, NULL, n, (const pq_tensor *[]){&L->wo}, 1, ith, nth, xq))
+            pq_pool_barrier(pool);
         split(dim, ith, nth, 16, &a, &b);
-        matmul(&L->wo, c->xq[0], xs, n, c->tmp, dim, a, b);
+        matmul(&L->wo, xq[0], xs, n, c->tmp, dim, a, b);
         for (int t = 0; t < n; t++)
             for (int64_t r = a; r < b; r++) c->x[(int64_t)t * dim + r] += c->tmp[(int64_t)t * dim + r];
         pq_pool_barrier(pool);
 
         /* FFN rmsnorm, quantized once for gate and up. */
-        norm_quantize(c, c->x, dim, L->ffn_norm.data, n, gate_up, 2, ith, nth);
-        pq_pool_barrier(pool);
+        if (stage(c, c->x, dim, L->ffn_norm.data, n, gate_up, 2, ith, nth, xq))
+            pq_pool_barrier(pool);
 
         /* SwiGLU: hb = silu(W_gate x) * (W_up x), each worker on the same
          * row range of both so the product needs no barrier. */
-        {
-            void *xq_of[N_XQ];
-            int first[N_XQ];
-            assign_xq(c, gate_up, 2, xq_of, first);
-            split(ffn, ith, nth, 16, &a, &b);
-            matmul(&L->gate, xq_of[0], xs, n, c->hb, ffn, a, b);
-            matmul(&L->up, xq_of[1], xs, n, c->hb2, ffn, a, b);
-            for (int t = 0; t < n; t++) {
-                float *g = c->hb + (int64_t)t * ffn, *u = c->hb2 + (int64_t)t * ffn;
-                for (int64_t r = a; r < b; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * u[r];
-            }
+        split(ffn, ith, nth, 16, &a, &b);
+        matmul(&L->gate, xq[0], xs, n, c->hb, ffn, a, b);
+        matmul(&L->up, xq[1], xs, n, c->hb2, ffn, a, b);
+        for (int t = 0; t < n; t++) {
+            float *g = c->hb + (int64_t)t * ffn, *up = c->hb2 + (int64_t)t * ffn;
+            for (int64_t r = a; r < b; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * up[r];
         }
         pq_pool_barrier(pool);
 
         /* Down projection and residual: x += W_down hb. */
-        norm_quantize(c, c->hb, ffn, NULL, n, (const pq_tensor *[]){&L->down}, 1, ith, nth);
-        pq_pool_barrier(pool);
+        if (stage(c, c->hb, ffn, NULL, n, (const pq_tensor *[]){&L->down}, 1, ith, nth, xq))
+            pq_pool_barrier(pool);
         split(dim, ith, nth, 16, &a, &b);
-        matmul(&L->down, c->xq[0], xs, n, c->tmp, dim, a, b);
+        matmul(&L->down, xq[0], xs, n, c->tmp, dim, a, b);
         for (int t = 0; t < n; t++)
             for (int64_t r = a; r < b; r++) c->x[(int64_t)t * dim + r] += c->tmp[(int64_t)t * dim + r];
 
@@ -316,11 +298,11 @@ static void forward_worker(void *arg, int ith, int nth) {
     if (!c->logits) return;
     int n_out = c->all_logits ? n : 1;
     const float *last = c->x + (int64_t)(n - n_out) * dim;
-    norm_quantize(c, last, dim, m->output_norm.data, n_out,
-                  (const pq_tensor *[]){&m->output}, 1, ith, nth);
-    pq_pool_barrier(pool);
+    if (stage(c, last, dim, m->output_norm.data, n_out, (const pq_tensor *[]){&m->output}, 1,
+              ith, nth, xq))
+        pq_pool_barrier(pool);
     split(hp->n_vocab, ith, nth, 16, &a, &b);
-    matmul(&m->output, c->xq[0], xs, n_out, c->logits, hp->n_vocab, a, b);
+    matmul(&m->output, xq[0], xs, n_out, c->logits, hp->n_vocab, a, b);
 }
 
 int pq_ctx_eval(pq_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, float *logits,
@@ -397,6 +379,15 @@ int pq_ctx_init(pq_ctx **out, pq_model *m, int32_t n_ctx, int32_t n_batch, int k
     ok &= (c->att = aligned_calloc((size_t)pq_model_n_threads(m) * n_ctx * f)) != NULL;
     ok &= (c->rope_cos = aligned_calloc(nb * (hp->rope_dim / 2) * f)) != NULL;
     ok &= (c->rope_sin = aligned_calloc(nb * (hp->rope_dim / 2) * f)) != NULL;
+    /* Decode staging: a worker's private rows are used when n < n_threads. */
+    c->n_threads = pq_model_n_threads(m);
+    size_t n_priv = (size_t)(c->n_threads - 1 < n_batch ? c->n_threads - 1 : n_batch);
+    ok &= (c->priv = calloc((size_t)c->n_threads, sizeof *c->priv)) != NULL;
+    for (int i = 0; ok && i < c->n_threads && n_priv > 0; i++) {
+        ok &= (c->priv[i].xb = aligned_calloc(n_priv * wide * f)) != NULL;
+        for (int j = 0; j < N_XQ; j++)
+            ok &= (c->priv[i].xq[j] = aligned_calloc(n_priv * m->max_act_bytes)) != NULL;
+    }
     if (!ok) {
         pq_ctx_free(c);
         return PQ_ERR_NOMEM;
@@ -411,5 +402,10 @@ void pq_ctx_free(pq_ctx *c) {
                     c->tmp, c->hb, c->hb2, c->att, c->rope_cos, c->rope_sin};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     for (int i = 0; i < N_XQ; i++) free(c->xq[i]);
+    for (int i = 0; c->priv && i < c->n_threads; i++) {
+        free(c->priv[i].xb);
+        for (int j = 0; j < N_XQ; j++) free(c->priv[i].xq[j]);
+    }
+    free(c->priv);
     free(c);
 }
