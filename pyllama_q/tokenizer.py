@@ -89,11 +89,7 @@ class Tokenizer:
         tokens only when parse_special. Longest text first, so at a given
         position the longest token wins (leftmost-longest, as HF does)."""
         if parse_special not in self._split_re:
-            t = self.token_types
-            mask = (t == TT_USER_DEFINED)
-            if parse_special:
-                mask |= (t == TT_CONTROL) | (t == TT_UNKNOWN)
-            ids = np.nonzero(mask)[0].tolist()
+            ids = np.nonzero(self._split_mask(parse_special))[0].tolist()
             table = {}
             for i in ids:
                 s = self.tokens[i]
@@ -106,6 +102,14 @@ class Tokenizer:
             else:
                 self._split_re[parse_special] = None
         return self._split_re[parse_special]
+
+    def _split_mask(self, parse_special):
+        """Which token types the splitter matches in raw text."""
+        t = self.token_types
+        mask = (t == TT_USER_DEFINED)
+        if parse_special:
+            mask |= (t == TT_CONTROL) | (t == TT_UNKNOWN)
+        return mask
 
     def encode(self, text, add_bos=None, parse_special=False):
         """Token ids of `text`. add_bos None = the file's default
@@ -127,7 +131,7 @@ class Tokenizer:
         else:
             rx, table = split
             pos = 0
-            after_special = True  # the start of the text counts as after a special
+            after_special = True  # the start of the text counts as after a special token
             for m in rx.finditer(text):
                 if m.start() > pos:
                     self._encode_text(text[pos:m.start()], out, after_special)

@@ -92,12 +92,11 @@ class BPETokenizer(Tokenizer):
 
     def _tables(self):
         if self._ranks is None:
-            # Keyed by the merge line itself ("a b"): no splitting of 100k+ strings.
-            self._ranks = {m: r for r, m in enumerate(self._merges)}
-            vocab = {}
-            for i, s in enumerate(self.tokens):
-                vocab.setdefault(s, i)
-            self._vocab = vocab
+            # Keyed by the merge line itself ("a b"): no splitting of 100k+
+            # strings. Built from the end so the first of duplicates wins.
+            m, t = self._merges, self.tokens
+            self._ranks = dict(zip(reversed(m), range(len(m) - 1, -1, -1)))
+            self._vocab = dict(zip(reversed(t), range(len(t) - 1, -1, -1)))
         return self._ranks, self._vocab
 
     def _normal_bytes(self, i):

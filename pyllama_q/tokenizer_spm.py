@@ -12,6 +12,7 @@ BPE model with byte fallback), as sentencepiece and llama.cpp run it:
 It is not SentencePiece's unigram model (T5, Gemma use that).
 """
 import heapq
+import re
 
 from .tokenizer import TT_BYTE, TT_NORMAL, TT_USER_DEFINED, Tokenizer
 from .errors import FormatError
@@ -31,6 +32,7 @@ class SPMTokenizer(Tokenizer):
         self.add_space_prefix = bool(md.get("tokenizer.ggml.add_space_prefix", True))
         self._pieces = None   # piece text -> (id, score) for mergeable pieces
         self._byte_ids = None  # byte value -> id of its <0xNN> token
+        self._user_re = None   # user-defined piece matcher, False when there are none
 
     def _default_add_bos(self, md):
         return True
@@ -42,7 +44,7 @@ class SPMTokenizer(Tokenizer):
             pieces = {}
             byte_ids = {}
             for i, (s, t) in enumerate(zip(toks, types)):
-                if t == TT_NORMAL or t == TT_USER_DEFINED:
+                if t == TT_NORMAL:
                     # Control, unknown and unused pieces never come out of merging
                     # (sentencepiece treats them as reserved); first id wins.
                     if s not in pieces:
@@ -53,17 +55,61 @@ class SPMTokenizer(Tokenizer):
             self._byte_ids = byte_ids
         return self._pieces, self._byte_ids
 
+    def _split_mask(self, parse_special):
+        # User-defined pieces are matched later, in the escaped text, as
+        # sentencepiece does; only control texts are split out of raw text.
+        mask = super()._split_mask(parse_special)
+        return mask & (self.token_types != TT_USER_DEFINED)
+
+    def _user_defined(self):
+        """(regex, text -> id) over user-defined pieces, or None (built once)."""
+        if self._user_re is None:
+            ids = [i for i in range(self.n_vocab) if self.token_types[i] == TT_USER_DEFINED]
+            table = {}
+            for i in ids:
+                if self.tokens[i]:
+                    table.setdefault(self.tokens[i], i)
+            if table:
+                alts = sorted(table, key=len, reverse=True)
+                self._user_re = (re.compile("|".join(re.escape(a) for a in alts)), table)
+            else:
+                self._user_re = False
+        return self._user_re
+
     def _normal_bytes(self, i):
         return self.tokens[i].replace(SPACE_MARK, " ").encode("utf-8")
 
+    def token_bytes(self, token_id):
+        # sentencepiece shows "▁" in user-defined pieces as a space, too.
+        if 0 <= int(token_id) < self.n_vocab and self.token_types[int(token_id)] == TT_USER_DEFINED:
+            return self._normal_bytes(int(token_id))
+        return super().token_bytes(token_id)
+
     def _strips_first_space(self, token_id):
         # The dummy prefix the encoder added comes back off the first token.
-        return self.add_space_prefix and self.token_types[int(token_id)] == TT_NORMAL
+        return self.add_space_prefix and self.token_types[int(token_id)] in (TT_NORMAL, TT_USER_DEFINED)
 
     def _encode_text(self, text, out, after_special):
         if self.add_space_prefix and after_special:
             text = " " + text
         text = text.replace(" ", SPACE_MARK)
+        user = self._user_defined()
+        if not user:
+            self._bpe(text, out)
+            return
+        # User-defined pieces are atomic: merge only the text between them.
+        rx, table = user
+        pos = 0
+        for m in rx.finditer(text):
+            if m.start() > pos:
+                self._bpe(text[pos:m.start()], out)
+            out.append(table[m.group()])
+            pos = m.end()
+        if pos < len(text):
+            self._bpe(text[pos:], out)
+
+    def _bpe(self, text, out):
+        """Append the ids of escaped text (no user-defined pieces in it)."""
         pieces, byte_ids = self._tables()
         n = len(text)
         if n == 0:

@@ -119,8 +119,8 @@ def read_metadata(path):
     except ImportError:
         GGUFFile = None
     if GGUFFile is not None:
-        md = GGUFFile(path).metadata
-        return {k: v for k, v in md.items() if k.startswith(("tokenizer.", "general."))}
+        with GGUFFile(path) as g:
+            return {k: v for k, v in g.metadata.items() if k.startswith(("tokenizer.", "general."))}
     import gguf
 
     r = gguf.GGUFReader(path)
