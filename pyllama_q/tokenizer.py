@@ -24,8 +24,9 @@ from .errors import FormatError, UnsupportedError
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type).
 TT_NORMAL, TT_UNKNOWN, TT_CONTROL, TT_USER_DEFINED, TT_UNUSED, TT_BYTE = 1, 2, 3, 4, 5, 6
 
-# Control-token texts that end a turn or a document in the families we know.
-EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "</s>", "<|endoftext|>")
+# Control-token texts that end a turn or a document in the families we know
+# (LLaMA 3, ChatML, LLaMA 2, GPT-2/SmolLM, Phi-3).
+EOG_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "</s>", "<|endoftext|>", "<|end|>")
 
 
 def _opt_id(md, key, n_vocab):

@@ -177,9 +177,16 @@ def spm_model_bytes(md):
     toks = md["tokenizer.ggml.tokens"]
     scores = md["tokenizer.ggml.scores"]
     types = md.get("tokenizer.ggml.token_type")
+    unk_id = md.get("tokenizer.ggml.unknown_token_id", 0)
     parts = []
     for i, s in enumerate(toks):
         t = int(types[i]) if types is not None else NORMAL
+        # sentencepiece wants exactly one UNKNOWN piece; some GGUFs type the
+        # unk piece CONTROL and padding placeholders UNKNOWN (Phi-3).
+        if i == unk_id:
+            t = UNKNOWN
+        elif t == UNKNOWN:
+            t = CONTROL
         piece = _field_bytes(1, s.encode("utf-8")) + _field_float(2, scores[i]) + _field_int(3, t)
         parts.append(_field_bytes(1, piece))  # ModelProto.pieces = 1
 
