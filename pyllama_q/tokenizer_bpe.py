@@ -15,6 +15,8 @@ Results are cached per word. No normalisation is applied to the text.
 Needs the `regex` package: the patterns use \\p{L} / \\p{N} classes, which
 Python's `re` lacks.
 """
+import heapq
+
 import regex
 
 from .errors import FormatError, UnsupportedError
@@ -29,6 +31,10 @@ PAT_LLAMA3 = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 PAT_QWEN2 = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
              r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 PAT_DIGIT = r"""\p{N}"""
+
+# Words longer than this (in bytes) are merged with a heap instead of the
+# simple pass-per-merge loop, which is faster for the short words that dominate.
+LONG_WORD = 48
 
 # tokenizer.ggml.pre -> (regexes applied one after the other, ignore_merges, add_bos default).
 # Each regex cuts every piece so far into its matches and the gaps between them.
@@ -133,7 +139,7 @@ class BPETokenizer(Tokenizer):
             i = vocab.get(word)
             if i is not None:
                 return (i,)
-        parts = list(word)
+        parts = list(word) if len(word) <= LONG_WORD else self._merge_long(word, ranks)
         while len(parts) > 1:
             best = None
             best_rank = None
@@ -167,6 +173,45 @@ class BPETokenizer(Tokenizer):
                 i = self.unk_id
             ids.append(i)
         return tuple(ids)
+
+    @staticmethod
+    def _merge_long(word, ranks):
+        """Merge a long word with a heap of (rank, position): O(n log n) where
+        the pass-per-merge loop in _bpe is O(n^2) (base64 blobs, long runs).
+        Lowest rank first, ties leftmost first, as HF tokenizers orders them."""
+        n = len(word)
+        sym = list(word)
+        nxt = list(range(1, n + 1))
+        prv = list(range(-1, n - 1))
+        heap = []
+        for i in range(n - 1):
+            r = ranks.get(sym[i] + " " + sym[i + 1])
+            if r is not None:
+                heap.append((r, i))
+        heapq.heapify(heap)
+        push, pop = heapq.heappush, heapq.heappop
+        while heap:
+            r, i = pop(heap)
+            j = nxt[i]
+            # Stale entry: i was merged away, or its right neighbour changed.
+            if not sym[i] or j >= n or ranks.get(sym[i] + " " + sym[j]) != r:
+                continue
+            sym[i] += sym[j]
+            sym[j] = ""
+            k = nxt[j]
+            nxt[i] = k
+            if k < n:
+                prv[k] = i
+                r2 = ranks.get(sym[i] + " " + sym[k])
+                if r2 is not None:
+                    push(heap, (r2, i))
+            h = prv[i]
+            if h >= 0:
+                r2 = ranks.get(sym[h] + " " + sym[i])
+                if r2 is not None:
+                    push(heap, (r2, h))
+        # Returned parts have no mergeable pair left, so _bpe's loop ends at once.
+        return [x for x in sym if x]
 
     def _encode_text(self, text, out, after_special):
         ranks, vocab = self._tables()

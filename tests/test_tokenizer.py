@@ -203,6 +203,23 @@ def test_llama3_digits_and_specials(llama3):
     assert {128001, 128009} <= tok.eog_ids and 128000 not in tok.eog_ids
 
 
+@pytest.mark.parametrize("which", ["llama3", "smol"])
+def test_bpe_long_words(which, request, monkeypatch):
+    """Long words take the heap merge path; it must agree with HF too."""
+    import base64
+
+    import pyllama_q.tokenizer_bpe as tb
+
+    tok, hf = request.getfixturevalue(which)[:2]
+    blob = base64.b64encode(random.Random(7).randbytes(3000)).decode()
+    for text in [blob, "a" * 500, "ab" * 300, " " * 300 + "x", "😀" * 100, "x" + "\n" * 200]:
+        assert tok.encode(text, add_bos=False) == hf_plain(hf, text), text[:20]
+    monkeypatch.setattr(tb, "LONG_WORD", 0)  # every word through the heap path
+    tok = Tokenizer.from_metadata(request.getfixturevalue(which + "_md"))
+    for text in TEXTS + random_texts(200, seed=6):
+        assert tok.encode(text, add_bos=False) == hf_plain(hf, text), repr(text)
+
+
 # ---- SmolLM2 BPE ---------------------------------------------------------------------
 
 def test_smollm_parity(smol):
