@@ -122,6 +122,13 @@ class Tokenizer:
             raise TypeError(f"encode() wants str, got {type(text).__name__}")
         if add_bos is None:
             add_bos = self.add_bos
+        try:
+            return self._encode(text, add_bos, parse_special)
+        except UnicodeEncodeError:  # lone surrogates have no UTF-8 form
+            at = next(i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff")
+            raise ValueError(f"encode(): text is not valid Unicode (lone surrogate at index {at})") from None
+
+    def _encode(self, text, add_bos, parse_special):
         out = []
         if add_bos and self.bos_id is not None:
             out.append(self.bos_id)
@@ -160,7 +167,13 @@ class Tokenizer:
             raise IndexError(f"token id {i} out of range [0, {self.n_vocab})")
         t = self.token_types[i]
         if t == TT_BYTE:
-            return bytes((int(self.tokens[i][3:5], 16),))  # "<0xNN>"
+            s = self.tokens[i]  # "<0xNN>"
+            if len(s) != 6 or not s.startswith("<0x") or not s.endswith(">"):
+                raise FormatError(f"tokenizer.ggml.tokens[{i}] = {s!r}: a byte token must read <0xNN>")
+            try:
+                return bytes((int(s[3:5], 16),))
+            except ValueError:
+                raise FormatError(f"tokenizer.ggml.tokens[{i}] = {s!r}: a byte token must read <0xNN>") from None
         if t == TT_NORMAL:
             return self._normal_bytes(i)
         return self.tokens[i].encode("utf-8")
@@ -171,23 +184,22 @@ class Tokenizer:
         return False
 
     def _piece(self, token_id, skip_special, first):
-        """Bytes token_id contributes to decoded text; `first` = no token has
-        contributed yet. Shared by decode() and Detokenizer so they agree."""
+        """(bytes token_id adds to the text, `first` for the next token).
+        `first` = no token has been emitted yet; skipped tokens leave it set.
+        Shared by decode() and Detokenizer so that the two always agree."""
         if skip_special and int(token_id) in self._special_ids:
-            return b""
+            return b"", first
         b = self.token_bytes(token_id)
         if first and b[:1] == b" " and self._strips_first_space(token_id):
             b = b[1:]
-        return b
+        return b, False
 
     def decode(self, ids, skip_special=True):
         """Text of `ids`; invalid UTF-8 becomes U+FFFD."""
         parts = []
         first = True
         for i in ids:
-            b = self._piece(i, skip_special, first)
-            if first and (b or not (skip_special and int(i) in self._special_ids)):
-                first = False
+            b, first = self._piece(i, skip_special, first)
             parts.append(b)
         return b"".join(parts).decode("utf-8", "replace")
 
@@ -228,10 +240,7 @@ class Detokenizer:
         self._first = True
 
     def feed(self, token_id):
-        tok = self._tok
-        b = tok._piece(token_id, self._skip, self._first)
-        if self._first and (b or not (self._skip and int(token_id) in tok._special_ids)):
-            self._first = False
+        b, self._first = self._tok._piece(token_id, self._skip, self._first)
         return self._utf8.decode(b) if b else ""
 
     def flush(self):

@@ -41,7 +41,7 @@ LONG_WORD = 48
 PRE_TOKENIZERS = {}
 for _names, _spec in (
         (("llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral"), ((PAT_LLAMA3,), True, True)),
-        (("smollm", "starcoder", "refact", "codeshell"), ((PAT_DIGIT, PAT_GPT2), False, False)),
+        (("smollm", "starcoder", "refact", "codeshell", "command-r"), ((PAT_DIGIT, PAT_GPT2), False, False)),
         (("qwen2",), ((PAT_QWEN2,), False, False)),
         # "default" is what converters write when they did not recognise the
         # pre-tokenizer; GPT-2's pattern is the base all others derive from.

@@ -100,7 +100,8 @@ def hf_plain(hf, text):
 
 # ---- llama.cpp's test pairs -----------------------------------------------------
 
-@pytest.mark.parametrize("name", ["llama-spm", "phi-3", "llama-bpe", "gpt-2", "starcoder", "qwen2"])
+@pytest.mark.parametrize("name", ["llama-spm", "phi-3", "llama-bpe", "gpt-2", "starcoder", "qwen2",
+                                  "mpt", "refact", "command-r"])
 def test_vocab_cases(name):
     md = vocabs.read_metadata(vocabs.vocab_path(name))
     tok = Tokenizer.from_metadata(md)
@@ -337,6 +338,8 @@ def test_bad_metadata(smol_md):
         Tokenizer.from_metadata(md)
     tok = Tokenizer.from_metadata(smol_md)
     assert tok.n_vocab == 49152
+    with pytest.raises(ValueError, match="not valid Unicode"):
+        tok.encode("a\ud83d b")
     with pytest.raises(IndexError):
         tok.token_bytes(49152)
 
