@@ -269,6 +269,24 @@ def test_smollm_vs_transformers_gguf(sample_model, smol):
     assert tok.encode(chat, parse_special=True) == ref(chat, add_special_tokens=False).input_ids
 
 
+@pytest.mark.parametrize("which", [pytest.param("llama3", marks=pytest.mark.slow), "smol"])
+def test_hf_dir_roundtrip(which, request, tmp_path):
+    """The tokenizer folder vocabs.write_hf_tokenizer_dir writes (what the
+    converter tests reuse) loads in transformers and tokenizes as we do,
+    BOS included."""
+    from transformers import AutoTokenizer
+
+    tok = request.getfixturevalue(which)[0]
+    vocabs.write_hf_tokenizer_dir(request.getfixturevalue(which + "_md"), str(tmp_path))
+    ref = AutoTokenizer.from_pretrained(str(tmp_path))
+    for text in TEXTS + random_texts(50, seed=8):
+        assert tok.encode(text, parse_special=True) == ref(text).input_ids, repr(text)
+    if which == "smol":
+        msgs = [{"role": "user", "content": "Hi"}]
+        prompt = ref.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        assert tok.encode(prompt, parse_special=True) == ref(prompt).input_ids
+
+
 # ---- streaming detokenizer, shared checks -----------------------------------------------
 
 STREAM_TEXTS = TEXTS + ["🦙🦙 x🦙y 👨‍👩‍👧‍👦", "日本語 " * 5, "naïve ½ — ok"]

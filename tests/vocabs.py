@@ -8,8 +8,9 @@ Sources of vocabularies
   - llama.cpp's vocab-only GGUFs (ggml-vocab-<name>.gguf, with .inp/.out
     test pairs produced by the HF tokenizers), which ship in the
     llama-cpp-python source distribution under vendor/llama.cpp/models/.
-    `vocab_path(name)` fetches that sdist once with pip and keeps the
-    vocab files in <pyllama-q cache>/llama-vocabs/.
+    `vocab_path(name)` fetches that sdist once with pip (or takes the file
+    $PYLLAMA_Q_LCP_SDIST names) and keeps the vocab files in
+    <pyllama-q cache>/llama-vocabs/ (~80 MB).
 
 API
   vocab_path(name) -> str              path of ggml-vocab-<name>.gguf ("llama-spm",
@@ -57,7 +58,8 @@ def vocab_dir():
     if os.path.exists(os.path.join(d, "ggml-vocab-llama-spm.gguf")):
         return d
     with tempfile.TemporaryDirectory(dir=_cache_dir()) as tmp:
-        sdists = glob.glob("/tmp/setup/lcp/llama_cpp_python-*.tar.gz")
+        # $PYLLAMA_Q_LCP_SDIST may name an already downloaded sdist.
+        sdists = [p for p in [os.environ.get("PYLLAMA_Q_LCP_SDIST")] if p and os.path.exists(p)]
         if not sdists:
             # The sdist only (llama-cpp-python publishes no wheels on the index);
             # pip still prepares its metadata, which takes ~15 s, no compiling.
@@ -308,3 +310,55 @@ def tiktoken_encoding(md):
             special[s] = i
     return tiktoken.Encoding(name="llama3-gguf", pat_str=LLAMA3_SPLIT,
                              mergeable_ranks=ranks, special_tokens=special)
+
+
+def write_hf_tokenizer_dir(md, dirpath):
+    """An HF-style tokenizer folder for a GGUF vocab, as a model repo has it:
+    tokenizer.model ("llama") or tokenizer.json ("gpt2"), plus
+    tokenizer_config.json naming the special tokens, add_bos/add_eos and the
+    chat template when the metadata has one. Returns dirpath."""
+    import json
+
+    os.makedirs(dirpath, exist_ok=True)
+    toks = md["tokenizer.ggml.tokens"]
+    model = md["tokenizer.ggml.model"]
+
+    def tok_text(key):
+        i = md.get(key)
+        return toks[int(i)] if i is not None and 0 <= int(i) < len(toks) else None
+
+    cfg = {
+        "bos_token": tok_text("tokenizer.ggml.bos_token_id"),
+        "eos_token": tok_text("tokenizer.ggml.eos_token_id"),
+        "unk_token": tok_text("tokenizer.ggml.unknown_token_id"),
+        "pad_token": tok_text("tokenizer.ggml.padding_token_id"),
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 1 << 30,
+    }
+    if model == "llama":
+        write_spm_model(md, os.path.join(dirpath, "tokenizer.model"))
+        cfg.update(tokenizer_class="LlamaTokenizer", legacy=True,
+                   add_bos_token=bool(md.get("tokenizer.ggml.add_bos_token", True)),
+                   add_eos_token=bool(md.get("tokenizer.ggml.add_eos_token", False)))
+    elif model == "gpt2":
+        tok = hf_tokenizer(md)
+        add_bos = md.get("tokenizer.ggml.add_bos_token")
+        if add_bos is None:
+            add_bos = (md.get("tokenizer.ggml.pre") in ("llama3", "llama-v3", "llama-bpe"))
+        if add_bos and cfg["bos_token"] is not None:
+            from tokenizers import processors
+
+            bos = cfg["bos_token"]
+            bos_id = int(md["tokenizer.ggml.bos_token_id"])
+            tok.post_processor = processors.TemplateProcessing(
+                single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+        tok.save(os.path.join(dirpath, "tokenizer.json"))
+        cfg.update(tokenizer_class="PreTrainedTokenizerFast")
+    else:
+        raise ValueError(f"write_hf_tokenizer_dir: tokenizer.ggml.model = {model!r} not handled")
+    if md.get("tokenizer.chat_template"):
+        cfg["chat_template"] = md["tokenizer.chat_template"]
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    with open(os.path.join(dirpath, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(cfg, f, ensure_ascii=False, indent=1)
+    return dirpath
