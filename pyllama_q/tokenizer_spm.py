@@ -14,6 +14,8 @@ It is not SentencePiece's unigram model (T5, Gemma use that).
 import heapq
 import re
 
+import numpy as np
+
 from .tokenizer import TT_BYTE, TT_NORMAL, TT_USER_DEFINED, Tokenizer
 from .errors import FormatError
 
@@ -62,9 +64,10 @@ class SPMTokenizer(Tokenizer):
         return mask & (self.token_types != TT_USER_DEFINED)
 
     def _user_defined(self):
-        """(regex, text -> id) over user-defined pieces, or None (built once)."""
+        """(regex, text -> id) over user-defined pieces, or False when the
+        vocabulary has none (built once)."""
         if self._user_re is None:
-            ids = [i for i in range(self.n_vocab) if self.token_types[i] == TT_USER_DEFINED]
+            ids = np.nonzero(self.token_types == TT_USER_DEFINED)[0].tolist()
             table = {}
             for i in ids:
                 if self.tokens[i]:
