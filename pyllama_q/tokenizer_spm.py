@@ -20,6 +20,8 @@ from .tokenizer import TT_BYTE, TT_NORMAL, TT_USER_DEFINED, Tokenizer
 from .errors import FormatError
 
 SPACE_MARK = "\u2581"  # "▁", SentencePiece's visible space
+_INNER_MARK_RE = re.compile("[^\u2581]\u2581")   # a "▁" right after another character
+_WORD_RE = re.compile("\u2581*[^\u2581]+|\u2581+")  # "▁"s then the rest, up to the next "▁"
 
 
 class SPMTokenizer(Tokenizer):
@@ -35,6 +37,8 @@ class SPMTokenizer(Tokenizer):
         self._pieces = None   # piece text -> (id, score) for mergeable pieces
         self._byte_ids = None  # byte value -> id of its <0xNN> token
         self._user_re = None   # user-defined piece matcher, False when there are none
+        self._word_split = False  # whether merging may go word by word (see _bpe)
+        self._cache = {}       # escaped word -> ids, when _word_split
 
     def _default_add_bos(self, md):
         return True
@@ -53,6 +57,8 @@ class SPMTokenizer(Tokenizer):
                         pieces[s] = (i, scores[i])
                 elif t == TT_BYTE and len(s) == 6 and s.startswith("<0x") and s.endswith(">"):
                     byte_ids[int(s[3:5], 16)] = i
+            self._word_split = not any(
+                SPACE_MARK in p[1:] and _INNER_MARK_RE.search(p) for p in pieces)
             self._pieces = pieces
             self._byte_ids = byte_ids
         return self._pieces, self._byte_ids
@@ -112,8 +118,29 @@ class SPMTokenizer(Tokenizer):
             self._bpe(text[pos:], out)
 
     def _bpe(self, text, out):
-        """Append the ids of escaped text (no user-defined pieces in it)."""
-        pieces, byte_ids = self._tables()
+        """Append the ids of escaped text (no user-defined pieces in it).
+
+        When no normal piece has a "▁" right after another character (true
+        of LLaMA's vocabularies: "▁" only starts pieces or fills all-"▁"
+        ones), no merge can cross a point where "▁" follows something else,
+        so the text is cut there into words that merge alone and are cached."""
+        self._tables()
+        if not self._word_split:
+            self._merge(text, out)
+            return
+        cache = self._cache
+        for w in _WORD_RE.findall(text):
+            ids = cache.get(w)
+            if ids is None:
+                ids = []
+                self._merge(w, ids)
+                if len(cache) < 100_000:
+                    cache[w] = ids
+            out.extend(ids)
+
+    def _merge(self, text, out):
+        """The merge loop proper, over the whole of `text`."""
+        pieces, byte_ids = self._pieces, self._byte_ids
         n = len(text)
         if n == 0:
             return

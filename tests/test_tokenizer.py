@@ -121,6 +121,18 @@ def test_spm_parity(spm):
         assert tok.decode(ids) == sp.decode(ids) == text, repr(text)
 
 
+def test_spm_whole_text_merge(spm_md, spm):
+    """The word-by-word cached path (the default for LLaMA vocabs) and the
+    whole-text merge agree with each other and with sentencepiece."""
+    _, sp = spm
+    whole = Tokenizer.from_metadata(spm_md)
+    whole._tables()
+    assert whole._word_split  # LLaMA's vocab allows the split
+    whole._word_split = False
+    for text in TEXTS + random_texts(200, seed=10) + ["a" * 300, " " * 100 + "b"]:
+        assert whole.encode(text, add_bos=False) == sp.encode(text), repr(text)
+
+
 def test_spm_bos_and_specials(spm):
     tok, sp = spm
     assert tok.bos_id == 1 and tok.eos_id == 2 and tok.add_bos
