@@ -1,7 +1,16 @@
 """Reference tokenizers for tests, rebuilt from real GGUF vocabularies.
 
-Importable helper (not a test module). Nothing here uses pyllama_q's own
-tokenizer code, so what it builds is an independent reference.
+Importable helper (not a test module): `import vocabs` from a test in
+tests/ (pytest puts that folder on sys.path). Nothing here uses pyllama_q's
+own tokenizer code, so what it builds is an independent reference.
+
+Known reference quirks (measured with transformers 5.24, tokenizers 0.23):
+  - transformers' LlamaTokenizer built from a tokenizer.model (needs
+    protobuf) differs from sentencepiece on leading / repeated spaces; use
+    spm_processor() as the SentencePiece reference.
+  - transformers' GGUF loader (from_pretrained(..., gguf_file=)) builds
+    SmolLM2's pre-tokenizer without the single-digit split its
+    tokenizer.json has; use hf_tokenizer() for text with numbers.
 
 Sources of vocabularies
   - the sample model (SmolLM2-135M-Instruct, byte-level BPE, pre "smollm");
@@ -25,6 +34,9 @@ API
   hf_tokenizer(md)                     tokenizers.Tokenizer for a "gpt2" vocab, with the
                                         pre-tokenizer its family's tokenizer.json uses
   write_hf_tokenizer_json(md, path)    the same, saved as tokenizer.json
+  write_hf_tokenizer_dir(md, dir)      a model-repo style folder: tokenizer.model or
+                                        tokenizer.json, plus tokenizer_config.json (special
+                                        tokens, add_bos/add_eos, chat_template)
   tiktoken_encoding(md)                tiktoken.Encoding for a LLaMA-3 vocab
   CONTROL, USER_DEFINED, ...           token_type values
 """
