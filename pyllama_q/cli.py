@@ -97,30 +97,34 @@ def _stream(chunks, session, out):
     worker = threading.Thread(target=work, name="pyllama-q-generate", daemon=True)
     worker.start()
     parts, interrupted = [], False
-    while True:
-        try:
-            kind, val = q.get(timeout=0.25)
-        except queue.Empty:
-            continue
-        except KeyboardInterrupt:
-            interrupted = True
-            session.cancel()
-            continue
-        if kind == "text":
-            if val:
-                parts.append(val)
-                try:
+    try:
+        while True:
+            try:
+                kind, val = q.get(timeout=0.25)
+                if kind == "text" and val:
+                    parts.append(val)
                     out.write(val)
                     out.flush()
+            except queue.Empty:
+                continue
+            except KeyboardInterrupt:
+                interrupted = True
+                session.cancel()
+                continue
+            if kind == "error":
+                raise val
+            if kind == "end":
+                break
+    finally:
+        # Never leave the worker inside the model (e.g. on a broken pipe): the
+        # caller closes the model next.
+        if worker.is_alive():
+            session.cancel()
+            while worker.is_alive():
+                try:
+                    worker.join()
                 except KeyboardInterrupt:
-                    interrupted = True
-                    session.cancel()
-        elif kind == "error":
-            worker.join()
-            raise val
-        else:
-            break
-    worker.join()
+                    pass
     return "".join(parts), interrupted
 
 

@@ -133,3 +133,27 @@ def test_chat_on_a_terminal_with_ctrl_c(runnable):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+@pytest.mark.slow
+def test_generate_into_a_closed_pipe_exits_quietly(runnable):
+    # like `pyllama-q generate ... | head -c 10`: the reader leaves mid-stream
+    p = subprocess.Popen(CMD + ["generate", runnable, "-p", "Hi", "-n", "300", "--seed", "3"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_generate_sigint_stops_with_status_130(runnable):
+    p = subprocess.Popen(CMD + ["generate", runnable, "-p", "Write a long story:", "-n", "2000",
+                                "--seed", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    p.stdout.read(40)  # it is generating
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
