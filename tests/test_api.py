@@ -330,3 +330,28 @@ def test_real_cancel_from_another_thread_during_long_prompt(sample_model):
         a = s.generate_text("The capital of France is", max_tokens=6, temperature=0)
         b = m.session().generate_text("The capital of France is", max_tokens=6, temperature=0)
         assert a == b and s.stats.finish in ("length", "eog")
+
+
+@pytest.mark.slow
+def test_real_close_while_another_thread_generates(sample_model):
+    pytest.importorskip("pyllama_q.model")
+    m = pyllama_q.load(sample_model, n_ctx=1024)
+    s = m.session()
+    started, result = threading.Event(), {}
+
+    def work():
+        try:
+            for i, _ in enumerate(s.generate("Once upon a time", max_tokens=500, seed=1)):
+                started.set()
+            result["finish"] = s.stats.finish
+        except PQError as e:
+            result["error"] = str(e)
+        started.set()
+
+    t = threading.Thread(target=work)
+    t.start()
+    assert started.wait(60)
+    m.close()          # must wait for the evaluation, not free memory under it
+    t.join(60)
+    assert not t.is_alive()
+    assert result.get("finish") == "cancelled" or "closed" in result.get("error", "")
