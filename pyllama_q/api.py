@@ -39,7 +39,8 @@ class Chunk(NamedTuple):
 class GenerationStats:
     """Counts and wall times of the last generate() of a session.
     finish: 'eog' (end-of-generation token), 'stop' (stop string), 'length'
-    (max_tokens), 'context' (cache full), 'cancelled'."""
+    (max_tokens), 'context' (cache full), 'cancelled', 'closed' (the caller
+    stopped iterating)."""
 
     def __init__(self):
         self.n_prompt = 0          # tokens evaluated before the first sample
@@ -448,6 +449,8 @@ class Session:
             st.finish = "cancelled"
         finally:
             st.t_gen = time.perf_counter() - t1
+            if st.finish is None:  # the caller stopped iterating (GeneratorExit)
+                st.finish = "closed"
         if st.finish in ("stop",):
             return
         tail = held + detok.flush()
