@@ -130,7 +130,7 @@ def _stream(chunks, session, out):
 
 def _print_stats(st, interrupted=False):
     note = {"cancelled": " (interrupted)", "length": " (max tokens)",
-            "context": " (context full: /reset to start over)"}.get(st.finish, "")
+            "context": " (context full)"}.get(st.finish, "")
     if interrupted and not note:
         note = " (interrupted)"
     print(f"[{st.n_gen} tokens, {st.gen_tps:.1f} tok/s | prompt {st.n_prompt} tokens, "
