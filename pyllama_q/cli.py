@@ -204,8 +204,10 @@ def cmd_chat(a):
             try:
                 line = _read_line(tty)
             except KeyboardInterrupt:
-                print(file=sys.stderr)
-                return 0
+                # like a shell: Ctrl-C drops the line being typed; a late Ctrl-C
+                # meant for a reply must not end the conversation
+                print("\n(Ctrl-D or /exit to quit)", file=sys.stderr)
+                continue
             if line is None:
                 return 0
             text = line.strip()

@@ -128,6 +128,9 @@ def test_chat_on_a_terminal_with_ctrl_c(runnable):
         child.sendline("/help")
         child.expect("/exit")
         child.expect("> ")
+        child.kill(signal.SIGINT)  # Ctrl-C at the prompt drops the line, keeps the chat
+        child.expect("to quit")
+        child.expect("> ")
         child.sendeof()
         child.expect(pexpect.EOF)
     finally:
