@@ -204,6 +204,8 @@ def cmd_chat(a):
             try:
                 line = _read_line(tty)
             except KeyboardInterrupt:
+                if not tty:  # reading a pipe: Ctrl-C is the way out
+                    return 130
                 # like a shell: Ctrl-C drops the line being typed; a late Ctrl-C
                 # meant for a reply must not end the conversation
                 print("\n(Ctrl-D or /exit to quit)", file=sys.stderr)
