@@ -68,6 +68,11 @@ def test_info_prints_kernels_and_model_facts(sample_model):
     assert "MOSTLY_Q4_1" in out and "Q4_1 x" in out
     assert "chat template: chatml (from file)" in out
     assert f"kernels:       {pyllama_q.cpu_info()['kernels']}" in out
+    import json
+    r = run("info", sample_model, "--json")
+    d = json.loads(r.stdout)
+    assert d["hparams"]["n_head_kv"] == 3 and d["n_tensors"] == 272
+    assert d["kernels"]["kernels"] == pyllama_q.cpu_info()["kernels"]
 
 
 # --- with the real model (needs the forward pass and tokenizer) ------------------------------
