@@ -9,7 +9,6 @@ Reference tokenizers are built in tests/vocabs.py without pyllama_q's tokenizer 
 import random
 import time
 
-import numpy as np
 import pytest
 
 import vocabs
