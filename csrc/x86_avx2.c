@@ -130,11 +130,32 @@ AI void tile_q(const int kind, const int R, const int T, int64_t nb, const char 
     const size_t xbs = kind == K_Q4_1 ? 36 : 34;
     const size_t xoff = kind == K_Q4_1 ? 4 : 2; /* qs offset in the act block */
     const __m256i ones16 = _mm256_set1_epi16(1), eights = _mm256_set1_epi8(8);
-    __m256 acc[4][4];
-    float accm[4][4]; /* Q4_1: sum of m * s */
+    __m256 acc[8][4];
+    float accm[8][4]; /* Q4_1: sum of m * s */
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) { acc[r][t] = _mm256_setzero_ps(); accm[r][t] = 0.0f; }
     for (int64_t b = 0; b < nb; b++) {
+        if (T == 1) { /* decode: one activation block, R rows each loaded just before use */
+            const float dx = f16_load(x + b * xbs);
+            const __m256i xq = _mm256_loadu_si256((const __m256i *)(x + b * xbs + xoff));
+            const __m256i xc = _mm256_maddubs_epi16(eights, xq);
+            const float sx = kind == K_Q4_1 ? f16_load(x + b * xbs + 2) : 0.0f;
+            for (int r = 0; r < R; r++) {
+                const char *wb = w + r * ws + b * wbs;
+                __m256i p16;
+                if (kind == K_Q4_0)
+                    p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(load_nibbles((const uint8_t *)wb + 2), xq), xc);
+                if (kind == K_Q4_1) p16 = _mm256_maddubs_epi16(load_nibbles((const uint8_t *)wb + 4), xq);
+                if (kind == K_Q8_0) {
+                    const __m256i q = _mm256_loadu_si256((const __m256i *)(wb + 2));
+                    p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(xq, q));
+                }
+                const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones16));
+                acc[r][0] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16_load(wb) * dx), acc[r][0]);
+                if (kind == K_Q4_1) accm[r][0] += f16_load(wb + 2) * sx;
+            }
+            continue;
+        }
         __m256i wq[4];
         float dw[4], mw[4];
         for (int r = 0; r < R; r++) {
@@ -187,7 +208,9 @@ AI void gemm_q(const int kind, int64_t cols, const void *W, size_t ws, const voi
         const int64_t tn = n_tok - t0 < chunk ? n_tok - t0 : chunk;
         const char *x = (const char *)X + t0 * xs;
         int64_t r = r0;
-        if (tn == 1) {
+        if (tn == 1) { /* decode: 8 rows share each activation block */
+            for (; r + 8 <= r1; r += 8)
+                tile_q(kind, 8, 1, nb, (const char *)W + r * ws, ws, x, xs, Y + t0 * ldy + r, ldy);
             for (; r + 4 <= r1; r += 4)
                 tile_q(kind, 4, 1, nb, (const char *)W + r * ws, ws, x, xs, Y + t0 * ldy + r, ldy);
         }
