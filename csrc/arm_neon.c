@@ -25,15 +25,28 @@
 #include "quants.h"
 #include "quants_ref.h"
 
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#else
 #pragma GCC optimize("fp-contract=off") /* FMAs only where written */
+#endif
 
 #define AI static inline __attribute__((always_inline))
 
-/* acc += sums of 4 adjacent s8*s8 products. SDOT is emitted through inline
- * asm so that this file needs no dotprod target and the fallback can never
- * execute it; the ".arch" line only tells the assembler the opcode exists. */
+/* SDOT is emitted through inline asm so that this file needs no dotprod
+ * target and the fallback can never execute it; the ".arch" line tells GNU as
+ * the opcode exists. clang's integrated assembler checks the enclosing
+ * function's target instead and rejects it, so clang builds take the
+ * widening path (a per-function target("dotprod") copy would fix that). */
+#if defined(__clang__)
+#define PQ_SDOT_ASM 0
+#else
+#define PQ_SDOT_ASM 1
+#endif
+
+/* acc += sums of 4 adjacent s8*s8 products. */
 AI int32x4_t dot_s8(const int dotprod, int32x4_t acc, int8x16_t a, int8x16_t b) {
-    if (dotprod) {
+    if (PQ_SDOT_ASM && dotprod) {
         __asm__(".arch armv8.2-a+dotprod\n\tsdot %0.4s, %1.16b, %2.16b"
                 : "+w"(acc) : "w"(a), "w"(b));
         return acc;
@@ -263,7 +276,7 @@ static int cpu_has_dotprod(void) {
 
 static void init(void) {
     pq_kernels *k = &table;
-    const int dp = cpu_has_dotprod();
+    const int dp = PQ_SDOT_ASM && cpu_has_dotprod();
     k->name = "neon";
     k->quantize_act[PQ_TYPE_F32] = copy_f32;
     k->quantize_act[PQ_TYPE_F16] = copy_f32;

@@ -25,9 +25,14 @@
 
 /* Every function below, helpers included, is compiled for this ISA; no FMA
  * contraction except where written (keeps quantize_act bit-exact). */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#pragma STDC FP_CONTRACT OFF
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #pragma GCC optimize("fp-contract=off")
+#endif
 
 #define AI static inline __attribute__((always_inline))
 
@@ -370,7 +375,11 @@ static void axpy_f16(float a, const uint16_t *x, float *y, int64_t n) {
     for (; i < n; i++) y[i] += a * _cvtsh_ss(x[i]);
 }
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 /* ---- the table ------------------------------------------------------------------------ */
 

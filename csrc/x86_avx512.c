@@ -27,9 +27,16 @@
 #include "quants.h"
 #include "x86_common.h"
 
+/* Every function below is compiled for this ISA (the VNNI instruction is
+ * inline asm, see dot_u8s8); no FMA contraction except where written. */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), apply_to = function)
+#pragma STDC FP_CONTRACT OFF
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 #pragma GCC optimize("fp-contract=off")
+#endif
 
 #define AI static inline __attribute__((always_inline))
 
@@ -345,7 +352,11 @@ static void axpy_f16(float a, const uint16_t *x, float *y, int64_t n) {
     }
 }
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 /* ---- the tables ------------------------------------------------------------------------ */
 
