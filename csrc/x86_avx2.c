@@ -9,7 +9,7 @@
  * gemm layout: a tile of R weight rows x T tokens keeps R*T float
  * accumulators in registers, so each decoded weight block is used T times
  * (prompt batches) and each activation block R times. Decode (one token)
- * runs 4 rows at a time to keep four independent load streams in flight.
+ * runs 8 rows per activation block, each row decoded right before its dot.
  * Intel intrinsics guide: https://www.intel.com/content/www/us/en/docs/intrinsics-guide/
  */
 #include "kernels.h"

@@ -2,10 +2,11 @@
  * for Intel Skylake-SP / Ice Lake and later and AMD Zen 4 and later.
  *
  * What it is: gemm kernels that take two 32-element blocks per 512-bit
- * register; the two tables share every line except the int8 dot product
- * (maddubs+madd on AVX-512BW, one vpdpbusd with VNNI). Activation quantizers
- * and the dot/axpy helpers come from the avx2 table (the CPU has AVX2 too);
- * the float gemms and dot/axpy are redone here at 16 lanes.
+ * register; the two tables share one body and differ in the int8 dot product
+ * (maddubs+madd on AVX-512BW, one vpdpbusd with VNNI) and in how Q8_0's
+ * signed weights meet it. The activation quantizers come from the avx2 table
+ * (every AVX-512 CPU has AVX2); the float gemms and dot/axpy are redone here
+ * at 16 lanes with masked tails.
  * What it is not: a choice of variant (dispatch.c). On non-x86 builds both
  * table functions return NULL.
  *
