@@ -137,6 +137,8 @@ AI void tile_q(const int kind, const int R, const int T, int64_t nb, const char 
     const __m256i ones16 = _mm256_set1_epi16(1), eights = _mm256_set1_epi8(8);
     __m256 acc[8][4];
     float accm[8][4]; /* Q4_1: sum of m * s */
+    __m128 accmv[8];  /* Q4_1 decode: the same sum, in lane 1 */
+    for (int r = 0; r < R; r++) accmv[r] = _mm_setzero_ps();
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) { acc[r][t] = _mm256_setzero_ps(); accm[r][t] = 0.0f; }
     for (int64_t b = 0; b < nb; b++) {
@@ -145,8 +147,23 @@ AI void tile_q(const int kind, const int R, const int T, int64_t nb, const char 
             const __m256i xq = _mm256_loadu_si256((const __m256i *)(x + b * xbs + xoff));
             const __m256i xc = _mm256_maddubs_epi16(eights, xq);
             const float sx = kind == K_Q4_1 ? f16_load(x + b * xbs + 2) : 0.0f;
+            /* Q4_1: (d, m) of a row and (dx, s) convert as one pair each, so
+             * one multiply gives d*dx (the scale) and m*s (the minimum's term) */
+            uint32_t xds = 0;
+            if (kind == K_Q4_1) memcpy(&xds, x + b * xbs, 4);
+            const __m128 dsx = _mm_cvtph_ps(_mm_cvtsi32_si128((int)xds));
             for (int r = 0; r < R; r++) {
                 const char *wb = w + r * ws + b * wbs;
+                if (kind == K_Q4_1) {
+                    uint32_t wdm;
+                    memcpy(&wdm, wb, 4);
+                    const __m128 prod = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)wdm)), dsx);
+                    const __m256i p16 = _mm256_maddubs_epi16(load_nibbles((const uint8_t *)wb + 4), xq);
+                    const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones16));
+                    acc[r][0] = _mm256_fmadd_ps(p, _mm256_broadcastss_ps(prod), acc[r][0]);
+                    accmv[r] = _mm_add_ps(accmv[r], prod); /* lane 1: m*s */
+                    continue;
+                }
                 __m256i p16;
                 if (kind == K_Q4_0)
                     p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(load_nibbles((const uint8_t *)wb + 2), xq), xc);
@@ -191,7 +208,11 @@ AI void tile_q(const int kind, const int R, const int T, int64_t nb, const char 
         }
     }
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) y[t * ldy + r] = hsum_f32x8(acc[r][t]) + accm[r][t];
+        for (int t = 0; t < T; t++) {
+            float m = accm[r][t];
+            if (kind == K_Q4_1 && T == 1) m += _mm_cvtss_f32(_mm_shuffle_ps(accmv[r], accmv[r], 1));
+            y[t * ldy + r] = hsum_f32x8(acc[r][t]) + m;
+        }
 }
 
 /* T = 1..4 tokens at compile time for an R-row tile. */
