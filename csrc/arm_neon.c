@@ -72,13 +72,13 @@ AI void tile_q(const int kind, const int dp, const int R, const int T, int64_t n
                const char *w, size_t ws, const char *x, size_t xs, float *y, int64_t ldy) {
     const size_t wbs = kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : 34;
     const size_t xbs = kind == K_Q4_1 ? 36 : 34, xoff = kind == K_Q4_1 ? 4 : 2;
-    float32x4_t acc[2][4];
-    float accm[2][4];
+    float32x4_t acc[4][4];
+    float accm[4][4];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) { acc[r][t] = vdupq_n_f32(0.0f); accm[r][t] = 0.0f; }
     for (int64_t b = 0; b < nb; b++) {
-        int8x16_t w0[2], w1[2];
-        float dw[2], mw[2];
+        int8x16_t w0[4], w1[4];
+        float dw[4], mw[4];
         for (int r = 0; r < R; r++) {
             const char *wb = w + r * ws + b * wbs;
             dw[r] = f16_load(wb);
@@ -122,12 +122,15 @@ AI void tile_q_tokens(const int kind, const int dp, const int R, int T, int64_t 
     }
 }
 
-/* Rows in pairs (then one), tokens in fours. */
+/* Rows in pairs (fours for one token: decode), then one; tokens in fours. */
 AI void gemm_q(const int kind, const int dp, int64_t cols, const void *W, size_t ws,
                const void *X, size_t xs, int64_t n_tok, float *Y, int64_t ldy, int64_t r0,
                int64_t r1) {
     const int64_t nb = cols / 32;
     int64_t r = r0;
+    if (n_tok == 1)
+        for (; r + 4 <= r1; r += 4)
+            tile_q(kind, dp, 4, 1, nb, (const char *)W + r * ws, ws, (const char *)X, xs, Y + r, ldy);
     for (; r + 2 <= r1; r += 2)
         for (int64_t t = 0; t < n_tok; t += 4)
             tile_q_tokens(kind, dp, 2, (int)(n_tok - t < 4 ? n_tok - t : 4), nb,
