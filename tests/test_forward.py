@@ -31,6 +31,9 @@ def _stored(a, qtype):
     if qtype == Q.F16:
         h = a.astype(np.float16)
         return h, h.astype(np.float64)
+    if qtype == Q.BF16:
+        q = gguf.quants.quantize(a, qtype)
+        return q, gguf.quants.dequantize(q, qtype).astype(np.float64).reshape(a.shape)
     q = gguf.quants.quantize(a, qtype)
     return q, gguf.quants.dequantize(q, qtype).astype(np.float64).reshape(a.shape)
 
@@ -158,6 +161,7 @@ F32_CASES = {
     "mqa_wide_heads_partial_rope": dict(n_kv=1, head_dim=32, rope_dim=16, rope_base=500.0),
     "rope_freqs": dict(rope_freqs=True, rope_base=100000.0),
     "f16_weights": dict(wtype=Q.F16),
+    "bf16_weights_bf16_embd": dict(wtype=Q.BF16),
 }
 
 
@@ -340,7 +344,8 @@ def test_missing_tensor(tmp_path):
 def test_wrong_shape(tmp_path):
     bad = {"blk.0.attn_k.weight": (np.zeros((48, 64)), Q.F32)}  # kv_dim is 32
     build_model(tmp_path / "m.gguf", override=bad)
-    with pytest.raises(FormatError, match=r"blk\.0\.attn_k\.weight.*shape"):
+    with pytest.raises(FormatError, match=r"blk\.0\.attn_k\.weight.*shape \(64, 48\).*"
+                                          r"expected \(64, 32\)"):
         Weights(tmp_path / "m.gguf", n_threads=1)
 
 
