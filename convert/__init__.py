@@ -14,11 +14,11 @@ def main(argv=None):
     return _main(argv)
 
 
-def convert(src, out, **kw):
+def convert(src, out, *args, **kw):
     """Library form of the CLI: see cli.convert."""
     from .cli import convert as _convert
 
-    return _convert(src, out, **kw)
+    return _convert(src, out, *args, **kw)
 
 
 __all__ = ["ConvertError", "main", "convert"]

@@ -233,19 +233,21 @@ def is_tiktoken(path):
         return False
 
 
-def _bpe_split(ranks, token, max_rank):
-    """Run byte-level BPE on `token` using only merges ranked below max_rank;
-    for a token in the table this ends in the two parts merged last."""
-    parts = [token[i:i + 1] for i in range(len(token))]
-    while True:
-        best, at = None, None
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1])
-            if r is not None and r < max_rank and (best is None or r < best):
-                best, at = r, i
-        if best is None:
-            return parts
-        parts[at:at + 2] = [parts[at] + parts[at + 1]]
+def _merges_from_ranks(ranks):
+    """BPE merges recovered from tiktoken ranks, by the recipe that produced
+    LLaMA 3's tokenizer.json: every split of a token into two tokens of the
+    table is a merge, ordered by the merged token's rank, then by the ranks of
+    the left and right parts."""
+    merges = []
+    for tok, rank in ranks.items():
+        local = []
+        for i in range(1, len(tok)):
+            left, right = tok[:i], tok[i:]
+            if left in ranks and right in ranks:
+                local.append((rank, ranks[left], ranks[right], left, right))
+        merges.extend(local)
+    merges.sort(key=lambda m: m[:3])
+    return [(m[3], m[4]) for m in merges]
 
 
 def llama3_special_tokens(scaled_rope):
@@ -288,15 +290,7 @@ def load_tiktoken(path, scaled_rope=False):
     b2u = bytes_to_unicode()
     by_rank = sorted(ranks, key=ranks.get)
     tokens = ["".join(b2u[b] for b in t) for t in by_rank]
-    merges = []
-    for t in by_rank:
-        if len(t) < 2:
-            continue
-        parts = _bpe_split(ranks, t, ranks[t])
-        if len(parts) != 2:
-            raise ConvertError(f"{base}: token of rank {ranks[t]} is not a merge of two tokens")
-        merges.append((ranks[t], " ".join("".join(b2u[b] for b in p) for p in parts)))
-    merges = [m for _, m in sorted(merges)]
+    merges = [" ".join("".join(b2u[c] for c in p) for p in pair) for pair in _merges_from_ranks(ranks)]
     specials = llama3_special_tokens(scaled_rope)
     ttype = [NORMAL] * n + [CONTROL] * len(specials)
     v = Vocab("gpt2", tokens + specials, ttype, merges=merges, pre="llama-bpe")
