@@ -272,17 +272,45 @@ LLAMA3_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
 
 
+_TIKTOKEN_CACHE = {}   # sha256 of the file -> (tokens, merges): shards of one run share it
+
+
 def load_tiktoken(path, scaled_rope=False):
+    import hashlib
+
     base = os.path.basename(path)
-    ranks = {}
     try:
         with open(path, "rb") as f:
-            for ln, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
+            blob = f.read()
+    except OSError as e:
+        raise ConvertError(f"{base}: {e.strerror}") from None
+    key = hashlib.sha256(blob).hexdigest()
+    if key not in _TIKTOKEN_CACHE:
+        _TIKTOKEN_CACHE.clear()
+        _TIKTOKEN_CACHE[key] = _parse_tiktoken(blob, base)
+    tokens, merges = _TIKTOKEN_CACHE[key]
+    n = len(tokens)
+    specials = llama3_special_tokens(scaled_rope)
+    ttype = [NORMAL] * n + [CONTROL] * len(specials)
+    v = Vocab("gpt2", tokens + specials, ttype, merges=list(merges), pre="llama-bpe")
+    v.special.update(bos=v.id_of("<|begin_of_text|>"), eos=v.id_of("<|end_of_text|>"),
+                     eot=v.id_of("<|eot_id|>"))
+    if scaled_rope:
+        v.special["eom"] = v.id_of("<|eom_id|>")
+    v.add_bos, v.add_eos = True, False
+    v.chat_template = LLAMA3_CHAT_TEMPLATE
+    return v
+
+
+def _parse_tiktoken(blob, base):
+    ranks = {}
+    ln = 0
+    try:
+        for ln, line in enumerate(blob.splitlines(), 1):
+            if line.strip():
                 tok, rank = line.split()
                 ranks[base64.b64decode(tok, validate=True)] = int(rank)
-    except (OSError, ValueError) as e:
+    except ValueError as e:
         raise ConvertError(f"{base}: line {ln}: not a tiktoken ranks file ({e})") from None
     n = len(ranks)
     if sorted(ranks.values()) != list(range(n)):
@@ -291,16 +319,7 @@ def load_tiktoken(path, scaled_rope=False):
     by_rank = sorted(ranks, key=ranks.get)
     tokens = ["".join(b2u[b] for b in t) for t in by_rank]
     merges = [" ".join("".join(b2u[c] for c in p) for p in pair) for pair in _merges_from_ranks(ranks)]
-    specials = llama3_special_tokens(scaled_rope)
-    ttype = [NORMAL] * n + [CONTROL] * len(specials)
-    v = Vocab("gpt2", tokens + specials, ttype, merges=merges, pre="llama-bpe")
-    v.special.update(bos=v.id_of("<|begin_of_text|>"), eos=v.id_of("<|end_of_text|>"),
-                     eot=v.id_of("<|eot_id|>"))
-    if scaled_rope:
-        v.special["eom"] = v.id_of("<|eom_id|>")
-    v.add_bos, v.add_eos = True, False
-    v.chat_template = LLAMA3_CHAT_TEMPLATE
-    return v
+    return tokens, merges
 
 
 # ---- a model directory --------------------------------------------------------------
