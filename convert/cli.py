@@ -25,11 +25,16 @@ FILE_TYPE = {gw.GGML_F32: 0, gw.GGML_F16: 1, gw.GGML_Q4_0: 2, gw.GGML_Q4_1: 3, g
 _OWN_KEYS = {"general.file_type", "general.quantization_version", "general.alignment"}
 
 
-def tensor_type(name, shape, want):
+def tensor_type(name, shape, want, output_name):
     """1-D tensors (norms, rope_freqs) stay F32; rows that are not whole
-    blocks fall back to F16."""
+    blocks fall back to F16. With a 4-bit type the output projection
+    (output.weight, or token_embd.weight when the embedding is tied) is Q8_0:
+    llama.cpp's quantizer likewise keeps it at Q6_K/Q8_0, since the logits are
+    the most error-sensitive product."""
     if len(shape) < 2:
         return gw.GGML_F32
+    if name == output_name and want in (gw.GGML_Q4_0, gw.GGML_Q4_1):
+        want = gw.GGML_Q8_0
     blk, _ = gw.BLOCK[want]
     return want if shape[-1] % blk == 0 else gw.GGML_F16
 
@@ -181,8 +186,10 @@ def convert(src, out, out_type="q4_0", allow_requantize=False, threads=None, nam
     else:
         add_model_metadata(w, plan, want)
     types = []
+    names = [n for n, _ in plan.tensors]
+    output_name = "output.weight" if "output.weight" in names else "token_embd.weight"
     for tname, s in plan.tensors:
-        t = tensor_type(tname, s.shape, want)
+        t = tensor_type(tname, s.shape, want, output_name)
         w.declare_tensor(tname, s.shape, t)
         types.append(t)
 

@@ -400,3 +400,71 @@ def install_quant_fallback(monkeypatch):
 
     monkeypatch.setattr(q, "FALLBACK", fq)
     monkeypatch.setattr(q, "FALLBACK_DEQUANT", fd)
+
+
+# ---- a real model exported to the Hugging Face layout --------------------------------------
+
+
+def export_hf_from_gguf(path, d):
+    """Write a GGUF llama model as an HF checkpoint: config.json, model.safetensors
+    (float32 = the GGUF weights dequantized, q/k rows back in rotate-half order),
+    tokenizer.json / tokenizer_config.json from its vocab. Returns the dequantized
+    GGUF tensors."""
+    from safetensors.numpy import save_file
+
+    vocabs = vocabs_module()
+    os.makedirs(d, exist_ok=True)
+    fl = gguf_fields(path)
+    t = gguf_tensors(path)
+    n_heads, n_kv = int(fl["llama.attention.head_count"]), int(fl["llama.attention.head_count_kv"])
+    tied = "output.weight" not in t
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+           "hidden_size": int(fl["llama.embedding_length"]),
+           "intermediate_size": int(fl["llama.feed_forward_length"]),
+           "num_hidden_layers": int(fl["llama.block_count"]), "num_attention_heads": n_heads,
+           "num_key_value_heads": n_kv, "rms_norm_eps": float(fl["llama.attention.layer_norm_rms_epsilon"]),
+           "rope_theta": float(fl["llama.rope.freq_base"]),
+           "max_position_embeddings": int(fl["llama.context_length"]),
+           "vocab_size": len(fl["tokenizer.ggml.tokens"]), "hidden_act": "silu",
+           "tie_word_embeddings": tied, "torch_dtype": "float32",
+           "bos_token_id": int(fl["tokenizer.ggml.bos_token_id"]),
+           "eos_token_id": int(fl["tokenizer.ggml.eos_token_id"])}
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    w = gguf_to_meta(t, tied)
+    fam = "_export"
+    FAMILIES[fam] = dict(n_heads=n_heads, n_kv_heads=n_kv, tied=tied)
+    try:
+        global N_LAYERS
+        saved, N_LAYERS = N_LAYERS, cfg["num_hidden_layers"]
+        if tied:
+            del w["output.weight"]
+        hf = to_hf(w, fam)
+    finally:
+        N_LAYERS = saved
+        del FAMILIES[fam]
+    save_file({k: np.ascontiguousarray(v) for k, v in hf.items()}, os.path.join(d, "model.safetensors"))
+    md = vocabs.read_metadata(path)
+    vocabs.write_hf_tokenizer_json(md, os.path.join(d, "tokenizer.json"))
+    toks = md["tokenizer.ggml.tokens"]
+    tcfg = {"bos_token": toks[int(md["tokenizer.ggml.bos_token_id"])],
+            "eos_token": toks[int(md["tokenizer.ggml.eos_token_id"])],
+            "unk_token": toks[int(md["tokenizer.ggml.unknown_token_id"])],
+            "pad_token": toks[int(md["tokenizer.ggml.padding_token_id"])],
+            "add_bos_token": bool(md.get("tokenizer.ggml.add_bos_token", False)),
+            "chat_template": md["tokenizer.chat_template"]}
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump(tcfg, f)
+    return t
+
+
+def kl_top1(ref_logits, logits):
+    """Mean KL(ref || ours) in nats and top-1 agreement, per position."""
+    def logsm(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    lp, lq = logsm(ref_logits), logsm(logits)
+    kl = (np.exp(lp) * (lp - lq)).sum(-1).mean()
+    top1 = (ref_logits.argmax(-1) == logits.argmax(-1)).mean()
+    return float(kl), float(top1)
