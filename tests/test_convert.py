@@ -1,7 +1,8 @@
 """Converter end to end on tiny random checkpoints with real tokenizers:
 every family in the Hugging Face and Meta layouts, F32 output whose logits
 match independent references (transformers for HF; a numpy port of Meta's
-model.py for Meta, itself checked against transformers once)."""
+model.py for Meta, itself checked against transformers once). "Our" logits
+are the pyllama-q runtime's (pyllama_q.model) on the written file."""
 import json
 import os
 
@@ -55,7 +56,7 @@ def test_hf_layout_f32_logits_match_transformers(fam, md_cache, tmp_path):
     rows = convert(d, out, "f32", name=fam, threads=2)
     assert all(r[3] == 0.0 for r in rows)
     ref = H.hf_logits(d, TOKENS)
-    _close(H.gguf_forward(out, TOKENS), ref)
+    _close(H.runtime_logits(out, TOKENS), ref)
 
     fl = H.gguf_fields(out)
     f = H.FAMILIES[fam]
@@ -98,7 +99,8 @@ def test_meta_layout_f32_logits_match_reference_sharded_identical(fam, md_cache,
         assert a.read() == b.read(), "1-shard and 2-shard conversions differ"
     ref = H.meta_forward(w, f["n_heads"], f["n_kv_heads"], f["eps"], f["theta"], TOKENS,
                          rope_scaling=f.get("rope_scaling"))
-    _close(H.gguf_forward(outs[0], TOKENS), ref)
+    _close(H.runtime_logits(outs[0], TOKENS), ref)
+    _close(H.gguf_forward(outs[0], TOKENS), ref)   # the file read by the oracle, too
     fl = H.gguf_fields(outs[0])
     ctx = {"llama1": 2048, "llama2": 4096, "codellama": 16384, "llama3": 8192, "llama31": 131072}[fam]
     assert fl["llama.context_length"] == ctx
@@ -237,3 +239,21 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "nope" in err
     assert os.listdir(tmp_path) == []
+
+
+def test_c_kernels_encode_bit_exact_with_ggml_reference():
+    """The shipped path: lib.pq_quantize (no fallback) equals gguf.quants,
+    which is bit-exact with ggml's reference encoders."""
+    import gguf
+
+    from pyllama_q.convert import quantize
+
+    assert quantize.FALLBACK is None
+    x = np.random.default_rng(3).standard_normal((7, 96)).astype(np.float32)
+    x[2] = 0.0
+    for t in (2, 3, 8):
+        got = quantize.quantize_rows(t, x, "test")
+        want = gguf.quants.quantize(x, gguf.GGMLQuantizationType(t))
+        np.testing.assert_array_equal(got, np.asarray(want).ravel(), err_msg=str(t))
+        back = quantize.dequantize_rows(t, got, 7, 96, "test")
+        np.testing.assert_array_equal(back, gguf.quants.dequantize(want, gguf.GGMLQuantizationType(t)))

@@ -468,3 +468,13 @@ def kl_top1(ref_logits, logits):
     kl = (np.exp(lp) * (lp - lq)).sum(-1).mean()
     top1 = (ref_logits.argmax(-1) == logits.argmax(-1)).mean()
     return float(kl), float(top1)
+
+
+def runtime_logits(path, tokens):
+    """Our logits: the pyllama-q runtime (pyllama_q.model) on a written file,
+    F32 KV cache, every position."""
+    from pyllama_q.model import KVContext, Weights
+
+    with Weights(path, n_threads=1) as w:
+        with KVContext(w, n_ctx=max(64, len(tokens)), kv_type="f32") as c:
+            return np.array(c.eval(tokens, 0, all_logits=True), np.float64)
