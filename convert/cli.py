@@ -104,7 +104,7 @@ class _GGUFPlan:
                 raise ConvertError(f"{g.where}: tensor {n}: cannot re-quantize from {t}")
         self.kv = g.kv
         self.name = name
-        self.tensors = [(n, gguf_src(raw, shape, t, f"{g.where}: {n}")) for n, shape, t, raw in g.tensors]
+        self.tensors = [(n, gguf_src(raw, shape, t, f"{g.where}: {n}", g.mm)) for n, shape, t, raw in g.tensors]
         self.input = g
 
 
@@ -175,7 +175,9 @@ def convert(src, out, out_type="q4_0", allow_requantize=False, threads=None, nam
     if os.path.isdir(out_abs):
         raise ConvertError(f"{out}: is a directory; give the output file name")
     if os.path.exists(out_abs):
-        inputs = [os.path.join(src, f) for f in os.listdir(src)] if os.path.isdir(src) else [src]
+        # a model directory's inputs are its non-GGUF files (an earlier output may live there)
+        inputs = [os.path.join(src, f) for f in os.listdir(src) if not f.endswith(".gguf")] \
+            if os.path.isdir(src) else [src]
         if any(os.path.isfile(f) and os.path.samefile(f, out_abs) for f in inputs):
             raise ConvertError(f"{out}: the output would overwrite an input file")
     plan = _GGUFPlan(src, allow_requantize, name) if os.path.isfile(src) else plan_dir(src, name)
@@ -211,6 +213,7 @@ def convert(src, out, out_type="q4_0", allow_requantize=False, threads=None, nam
                 w.write_tensor_data(f, tname, enc.encode(s, t, stats))
                 rel = (stats["sse"] / stats["ss"]) ** 0.5 if stats["ss"] > 0 else 0.0
                 rows.append((tname, gw.TYPE_NAME[t], tuple(s.shape), rel))
+                s.release()
                 bar.add(_source_bytes(s), tname)
             f.flush()
             os.fsync(f.fileno())

@@ -25,8 +25,11 @@ from .errors import ConvertError
 
 
 def bf16_to_f32(u16):
-    """bf16 bits (uint16 array) -> float32: the bf16 bits are the high half."""
-    return (u16.astype(np.uint32) << 16).view(np.float32)
+    """bf16 bits (uint16 array) -> float32: the bf16 bits are the high half
+    (shifted in place: one pass fewer than `astype(...) << 16`)."""
+    t = u16.astype(np.uint32)
+    t <<= 16
+    return t.view(np.float32)
 
 
 class Src:
@@ -44,6 +47,9 @@ class Src:
     def read(self, r0, r1):
         raise NotImplementedError
 
+    def release(self):
+        """Called once the tensor is written: give back what reading it mapped."""
+
     def read_all(self):
         x = self.read(0, self.n_rows)
         return x.reshape(self.shape)
@@ -51,11 +57,28 @@ class Src:
 
 class ArraySrc(Src):
     """A numpy view (memory-mapped) of raw stored values. kind: F32|F16|BF16
-    (BF16 arrives as uint16 bits)."""
+    (BF16 arrives as uint16 bits). `mm`, if given, is the mmap the view lies
+    in: release() drops the tensor's pages from this process once written."""
 
-    def __init__(self, arr, kind, where):
-        self.arr, self.kind, self.where = arr, kind, where
+    def __init__(self, arr, kind, where, mm=None):
+        self.arr, self.kind, self.where, self.mm = arr, kind, where, mm
         self.shape = tuple(int(d) for d in arr.shape)
+
+    def release(self):
+        """Unmap the tensor's pages from our RSS (MADV_DONTNEED on a read-only
+        file mapping: the page cache keeps them, the process drops them)."""
+        if self.mm is None or not hasattr(mmap, "MADV_DONTNEED") or self.arr.size == 0:
+            return
+        base = np.frombuffer(self.mm, dtype=np.uint8).__array_interface__["data"][0]
+        start = self.arr.__array_interface__["data"][0] - base
+        end = start + self.arr.nbytes
+        page = mmap.PAGESIZE
+        lo, hi = -(-start // page) * page, end // page * page   # whole pages inside the tensor
+        if hi > lo:
+            try:
+                self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+            except (OSError, ValueError):
+                pass
 
     def read(self, r0, r1):
         a = self.arr[r0:r1] if self.arr.ndim > 1 else self.arr
@@ -69,6 +92,9 @@ class RowPermSrc(Src):
 
     def __init__(self, src, perm):
         self.src, self.perm, self.shape, self.where = src, perm, src.shape, src.where
+
+    def release(self):
+        self.src.release()
 
     def read(self, r0, r1):
         idx = self.perm[r0:r1]
@@ -85,6 +111,10 @@ class ConcatSrc(Src):
         shape[axis] = sum(s.shape[axis] for s in srcs)
         self.shape = tuple(shape)
         self.starts = np.cumsum([0] + [s.shape[0] for s in srcs])
+
+    def release(self):
+        for s in self.srcs:
+            s.release()
 
     def read(self, r0, r1):
         if self.axis == 1:
@@ -137,7 +167,13 @@ def read_safetensors(path):
     if not isinstance(header, dict):
         raise ConvertError(f"{base}: safetensors header is not a JSON object")
     data_start, data_len = 8 + n, size - 8 - n
-    mm = np.memmap(path, dtype=np.uint8, mode="r") if data_len > 0 else np.zeros(0, np.uint8)
+    raw_mm = None
+    if data_len > 0:
+        with open(path, "rb") as f:
+            raw_mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mm = np.frombuffer(raw_mm, dtype=np.uint8)
+    else:
+        mm = np.zeros(0, np.uint8)
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -154,7 +190,7 @@ def read_safetensors(path):
             raise ConvertError(f"{base}: tensor {name}: offsets {b}..{e} do not fit shape "
                                f"{tuple(shape)} {dtype} in a data area of {data_len} bytes")
         arr = mm[data_start + b:data_start + e].view(np_dt).reshape(shape)
-        out[name] = ArraySrc(arr, kind, f"{base}: {name}")
+        out[name] = ArraySrc(arr, kind, f"{base}: {name}", raw_mm)
     return out
 
 
@@ -275,7 +311,7 @@ def read_torch_zip(path):
         item = arr.itemsize
         view = np.lib.stride_tricks.as_strided(arr[t.offset:], shape=t.size,
                                                strides=[d * item for d in t.stride], writeable=False)
-        out[name] = ArraySrc(view, st.kind, f"{base}: {name}")
+        out[name] = ArraySrc(view, st.kind, f"{base}: {name}", mm)
     return out
 
 
@@ -398,9 +434,9 @@ class GGUFQuantSrc(Src):
         return dequantize_rows(self.type, raw, r1 - r0, n_cols, self.where)
 
 
-def gguf_src(raw, shape, t, where):
+def gguf_src(raw, shape, t, where, mm=None):
     _, _, name = GGML_TYPES[t]
     if name in ("F32", "F16", "BF16"):
         dt = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}[name]
-        return ArraySrc(raw.view(dt).reshape(shape), name, where)
+        return ArraySrc(raw.view(dt).reshape(shape), name, where, mm)
     return GGUFQuantSrc(raw, shape, t, where)
