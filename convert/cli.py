@@ -266,6 +266,9 @@ def main(argv=None):
     except ConvertError as e:
         print(f"pyllama-q convert: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:   # unwritable directory, disk full, unreadable input
+        print(f"pyllama-q convert: error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("pyllama-q convert: interrupted; no output written", file=sys.stderr)
         return 130

@@ -3,7 +3,6 @@ every family in the Hugging Face and Meta layouts, F32 output whose logits
 match independent references (transformers for HF; a numpy port of Meta's
 model.py for Meta, itself checked against transformers once). "Our" logits
 are the pyllama-q runtime's (pyllama_q.model) on the written file."""
-import json
 import os
 
 import numpy as np

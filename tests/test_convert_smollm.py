@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import test_convert_helpers as H
-from pyllama_q.convert import convert
+from pyllama_q.convert import ConvertError, convert
 
 TEXT = ("The quick brown fox jumps over the lazy dog. In 1905, Albert Einstein published four papers "
         "that changed physics: on the photoelectric effect, Brownian motion, special relativity and "
@@ -103,3 +103,26 @@ def test_quantized_quality_vs_transformers_and_llamacpp(smol, qtype, tmp_path, m
     assert rkl <= 1.5 * limit[0] and rtop1 >= limit[1] - 0.1
     for pkl, ptop1 in peers.values():
         assert kl <= pkl * (1 + 1e-3) + 1e-6 and top1 >= ptop1 - 1e-9
+
+
+@pytest.mark.slow
+def test_requantize_the_sample_gguf(sample_model, tmp_path):
+    """The sample is Q4_1 (+ Q8_0 embedding): refused without
+    --allow-requantize; with it, every 2-D tensor is ggml's Q8_0 of the
+    original's dequantized values and the metadata is carried over."""
+    import gguf
+
+    out = str(tmp_path / "q8.gguf")
+    with pytest.raises(ConvertError, match="already quantized"):
+        convert(sample_model, out, "q8_0")
+    assert os.listdir(tmp_path) == []
+    convert(sample_model, out, "q8_0", allow_requantize=True, name="requantized")
+    src, got = H.gguf_tensors(sample_model), H.gguf_tensors(out)
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    for n in ("blk.0.attn_q.weight", "blk.29.ffn_down.weight", "token_embd.weight"):
+        np.testing.assert_array_equal(got[n], gguf.quants.dequantize(gguf.quants.quantize(src[n], q8), q8))
+    np.testing.assert_array_equal(got["blk.3.attn_norm.weight"], src["blk.3.attn_norm.weight"])
+    a, b = H.gguf_fields(sample_model), H.gguf_fields(out)
+    assert b["general.name"] == "requantized" and b["general.file_type"] == 7
+    assert a["tokenizer.ggml.merges"] == b["tokenizer.ggml.merges"]
+    assert a["tokenizer.chat_template"] == b["tokenizer.chat_template"]
