@@ -217,6 +217,9 @@ def convert(src, out, out_type="q4_0", allow_requantize=False, threads=None, nam
                 bar.add(_source_bytes(s), tname)
             f.flush()
             os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)   # mkstemp made it 0600; give it a normal file's mode
         os.replace(tmp, out_abs)
     except BaseException:
         try:
