@@ -163,7 +163,7 @@ def _source_bytes(src):
 
 
 def convert(src, out, out_type="q4_0", allow_requantize=False, threads=None, name=None,
-            progress=None, report=None):
+            progress=None, report=None, pure=False):
     """Convert `src` (a model directory or a GGUF file) into `out`; returns the
     list of (name, type name, shape, relative RMS error)."""
     from .model import plan_dir
@@ -189,7 +189,7 @@ def convert(src, out, out_type="q4_0", allow_requantize=False, threads=None, nam
         add_model_metadata(w, plan, want)
     types = []
     names = [n for n, _ in plan.tensors]
-    output_name = "output.weight" if "output.weight" in names else "token_embd.weight"
+    output_name = None if pure else ("output.weight" if "output.weight" in names else "token_embd.weight")
     for tname, s in plan.tensors:
         t = tensor_type(tname, s.shape, want, output_name)
         w.declare_tensor(tname, s.shape, t)
@@ -252,6 +252,9 @@ def build_parser(prog="pyllama-q convert"):
     p.add_argument("--type", default="q4_0", choices=sorted(OUT_TYPES), help="weight type (default q4_0)")
     p.add_argument("--allow-requantize", action="store_true",
                    help="allow re-quantizing a GGUF whose weights are already quantized")
+    p.add_argument("--pure", action="store_true",
+                   help="every 2-D tensor in --type (by default a 4-bit file keeps the output "
+                        "projection in Q8_0, as llama.cpp's quantizer keeps it at Q6_K/Q8_0)")
     p.add_argument("--threads", type=int, default=None, help="encoder threads (default: all CPUs)")
     p.add_argument("--name", default=None, help="general.name (default: the model directory name)")
     p.add_argument("--progress", action="store_true", help="progress bar even when stderr is not a TTY")
@@ -265,7 +268,7 @@ def main(argv=None):
     try:
         rows = convert(args.src, args.out, args.type, args.allow_requantize, args.threads, args.name,
                        progress=True if args.progress else None,
-                       report=None if args.quiet else sys.stderr)
+                       report=None if args.quiet else sys.stderr, pure=args.pure)
     except ConvertError as e:
         print(f"pyllama-q convert: error: {e}", file=sys.stderr)
         return 1

@@ -198,6 +198,10 @@ def test_quantized_types_and_error_report(qtype, md_cache, tmp_path, monkeypatch
         assert abs(rel - true_rel) <= 1e-3 * true_rel + 1e-12, name
         assert rel <= limits[qtype if name != "output.weight" else "q8_0"], (name, rel)
     assert H.gguf_fields(out)["general.file_type"] == {"q8_0": 7, "q4_0": 2, "q4_1": 3, "f16": 1}[qtype]
+    # --pure: the output projection takes the type too
+    pure = str(tmp_path / "pure.gguf")
+    convert(d, pure, qtype, name="x", pure=True)
+    assert {t.tensor_type for t in gguf.GGUFReader(pure).tensors if len(t.shape) == 2} == {qt}
 
 
 @pytest.mark.slow

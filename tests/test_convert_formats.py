@@ -139,3 +139,24 @@ def test_progress_bar_and_python_m_entry_point(weights, tmp_path):
     r = subprocess.run([sys.executable, "-m", "pyllama_q.convert", d, out, "--quiet"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stderr == ""
+
+
+def test_runtime_imports_no_torch_safetensors_or_gguf(weights, tmp_path):
+    """torch, safetensors and gguf are test-only: a conversion (Meta .pth
+    shards included) must not import them."""
+    import torch
+
+    d = str(tmp_path / "m")
+    os.makedirs(d)
+    f = H.FAMILIES[FAM]
+    with open(os.path.join(d, "params.json"), "w") as fh:
+        json.dump({"dim": H.DIM, "n_layers": H.N_LAYERS, "n_heads": f["n_heads"], "n_kv_heads": f["n_kv_heads"],
+                   "norm_eps": f["eps"], "vocab_size": VOCAB}, fh)
+    _tiktoken(os.path.join(d, "tokenizer.model"))
+    torch.save({k: torch.from_numpy(v) for k, v in weights.items()}, os.path.join(d, "consolidated.00.pth"))
+    code = ("import sys\nfrom pyllama_q.convert import main\n"
+            f"assert main([{d!r}, {str(tmp_path / 'o.gguf')!r}, '--quiet']) == 0\n"
+            "bad = sorted(m for m in ('torch', 'safetensors', 'gguf', 'transformers') if m in sys.modules)\n"
+            "assert not bad, bad\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
