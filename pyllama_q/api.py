@@ -14,7 +14,9 @@ re-tokenizing the context. What it is not: a server or a batch scheduler; one
 session generates one sequence at a time.
 """
 import os
+import threading
 import time
+import weakref
 from collections import Counter
 from typing import NamedTuple
 
@@ -37,7 +39,8 @@ class Chunk(NamedTuple):
 class GenerationStats:
     """Counts and wall times of the last generate() of a session.
     finish: 'eog' (end-of-generation token), 'stop' (stop string), 'length'
-    (max_tokens), 'context' (cache full), 'cancelled'."""
+    (max_tokens), 'context' (cache full), 'cancelled', 'closed' (the caller
+    stopped iterating)."""
 
     def __init__(self):
         self.n_prompt = 0          # tokens evaluated before the first sample
@@ -110,6 +113,7 @@ class Model:
         self.n_batch = int(n_batch)
         self.chat_template = _template_from_metadata(md, tokenizer, override=chat_template)
         self._chat_session = None
+        self._sessions = weakref.WeakSet()
         self._turn_ids, self._turn_strings = self._turn_stops()
         return self
 
@@ -144,7 +148,11 @@ class Model:
 
     def session(self, n_ctx=None):
         """A new session with its own KV cache of n_ctx positions."""
-        return Session(self, n_ctx or self.n_ctx)
+        if self.weights is None:
+            raise PQError("model is closed")
+        s = Session(self, n_ctx or self.n_ctx)
+        self._sessions.add(s)
+        return s
 
     def chat(self, messages, session=None, stream=True, max_tokens=512, stop=None, seed=None,
              **sampler):
@@ -181,9 +189,11 @@ class Model:
         return d
 
     def close(self):
-        if self._chat_session is not None:
-            self._chat_session.close()
-            self._chat_session = None
+        """Close every session (waiting for an evaluation in another thread to
+        stop), then the weights."""
+        for s in list(self._sessions):
+            s.close()
+        self._chat_session = None
         if self.weights is not None:
             self.weights.close()
             self.weights = None
@@ -232,6 +242,7 @@ class Session:
         self._cancel = False        # a cancel for the operation in progress
         self._stale_cancel = False  # a cancel that may still be armed in the C context
         self._n_evaluated = 0       # tokens run through the model, ever (for stats)
+        self._busy = threading.Lock()  # held while the C context evaluates
         self.stats = GenerationStats()
 
     @property
@@ -246,13 +257,19 @@ class Session:
         """Stop the evaluation or generation in progress (thread-safe; also
         safe from a signal handler). A generator ends with finish 'cancelled'."""
         self._cancel = True
-        if self._kv is not None:
-            self._kv.cancel()
+        kv = self._kv
+        if kv is not None:
+            kv.cancel()
 
     def close(self):
+        """Free the KV cache; an evaluation running in another thread is
+        cancelled and waited for first."""
         if self._kv is not None:
-            self._kv.close()
-            self._kv = None
+            self.cancel()
+            with self._busy:
+                kv, self._kv = self._kv, None
+                if kv is not None:
+                    kv.close()
 
     def __enter__(self):
         return self
@@ -269,18 +286,19 @@ class Session:
         self._cancel = False
 
     def _eval_chunk(self, toks, pos):
-        if self._kv is None:
-            raise PQError("session is closed")
-        try:
-            return self._kv.eval(toks, pos)
-        except CancelledError:
-            if self._stale_cancel and not self._cancel:
+        with self._busy:
+            kv = self._kv
+            if kv is None:
+                raise PQError("session is closed")
+            try:
+                return kv.eval(toks, pos)
+            except CancelledError:
+                if self._stale_cancel and not self._cancel:
+                    self._stale_cancel = False
+                    return kv.eval(toks, pos)
+                raise
+            finally:
                 self._stale_cancel = False
-                return self._kv.eval(toks, pos)
-            self._stale_cancel = False
-            raise
-        finally:
-            self._stale_cancel = False
 
     def _eval_tokens(self, toks):
         """Append the pending token and toks to the cache in n_batch chunks;
@@ -431,6 +449,8 @@ class Session:
             st.finish = "cancelled"
         finally:
             st.t_gen = time.perf_counter() - t1
+            if st.finish is None:  # the caller stopped iterating (GeneratorExit)
+                st.finish = "closed"
         if st.finish in ("stop",):
             return
         tail = held + detok.flush()
