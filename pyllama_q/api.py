@@ -60,11 +60,13 @@ class GenerationStats:
                 f"gen {self.n_gen} tok {self.gen_tps:.1f} tok/s, finish={self.finish})")
 
 
-def load(path, n_threads=None, n_ctx=2048, kv_type="f16", n_batch=512, chat_template=None):
+def load(path, n_threads=None, n_ctx=2048, kv_type="f16", n_batch=512, chat_template=None,
+         progress=None):
     """Open a GGUF model. n_ctx is the default context of its sessions;
-    chat_template overrides the file's (a built-in name or Jinja source)."""
+    chat_template overrides the file's (a built-in name or Jinja source).
+    progress(fraction) is called while loading, ending with 1.0."""
     return Model(path, n_threads=n_threads, n_ctx=n_ctx, kv_type=kv_type, n_batch=n_batch,
-                 chat_template=chat_template)
+                 chat_template=chat_template, progress=progress)
 
 
 def _metadata_of(weights):
@@ -78,7 +80,7 @@ class Model:
     """Weights, tokenizer and chat template; sessions share them."""
 
     def __init__(self, path, n_threads=None, n_ctx=2048, kv_type="f16", n_batch=512,
-                 chat_template=None):
+                 chat_template=None, progress=None):
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such file")
@@ -87,12 +89,16 @@ class Model:
         from .model import KVContext, Weights
         from .tokenizer import Detokenizer, Tokenizer
 
-        weights = Weights(path, n_threads=n_threads)
+        # progress: tensors are 90% of the bar, the tokenizer the rest
+        weights = Weights(path, n_threads=n_threads,
+                          progress=None if progress is None else lambda f: progress(0.9 * f))
         try:
             md = _metadata_of(weights)
             tokenizer = Tokenizer.from_metadata(md)
             self._assemble(path, weights, tokenizer, md, KVContext, Detokenizer, n_ctx, kv_type,
                            n_batch, chat_template)
+            if progress is not None:
+                progress(1.0)
         except BaseException:
             weights.close()
             raise

@@ -156,3 +156,185 @@ def test_shift_rejects_bad_ranges(model):
     assert lib.pq_ctx_kv_shift(a._ptr, 0, 1, 17) == lib.PQ_ERR_ARG
     assert lib.pq_ctx_kv_shift(a._ptr, -1, 1, 8) == lib.PQ_ERR_ARG
     a.close()
+
+
+@pytest.mark.slow
+def test_context_shift_generates_past_the_context(model):
+    """256 positions, 1000 tokens: the cache is shifted several times, the
+    kept prefix (tokens and every layer's K/V rows) never changes."""
+    prefix = model.tokenize("<|im_start|>system\nYou are a storyteller.<|im_end|>\n",
+                            special=True)
+    s = model.session(n_ctx=256, n_keep=len(prefix))
+    s.eval(prefix)
+    rows = kv_save(s._kv, len(prefix))
+    out = list(s.generate("Once upon a time", max_tokens=1000,
+                          **dict(STORY, logit_bias=no_eog(model))))
+    assert s.stats.n_gen == 1000 and s.stats.finish == "length"
+    assert s.n_shifts >= 6 and len(s.tokens) <= 256
+    assert s.tokens[:len(prefix)] == prefix
+    assert kv_save(s._kv, len(prefix)) == rows
+    assert sum(len(c.text) for c in out) > 1000
+
+
+def test_context_full_without_shift_is_an_error(model):
+    s = model.session(n_ctx=24, context_shift=False)
+    with pytest.raises(ContextFullError, match="context_shift is off"):
+        for _ in s.generate("Once upon a time", max_tokens=100, temperature=0,
+                            logit_bias=no_eog(model)):
+            pass
+    assert len(s.tokens) == 24 + 1  # full cache plus the held last token
+
+
+# --- threads -----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_threads_two_sessions_match_solo_runs(model):
+    import threading
+    prompts = ["Once upon a time", "The best way to cook rice is"]
+    kw = dict(STORY, max_tokens=64, logit_bias=no_eog(model))
+    solo = [[c.token for c in model.session().generate(p, **kw)] for p in prompts]
+    got = [None, None]
+
+    def run(i):
+        got[i] = [c.token for c in model.session().generate(prompts[i], **kw)]
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert got == solo and len(solo[0]) == 64
+
+
+def test_one_session_refuses_two_generations_at_once(model):
+    s = model.session(n_ctx=64)
+    it = s.generate("Hello", max_tokens=4, temperature=0)
+    next(it)
+    with pytest.raises(pyllama_q.PQError, match="busy"):
+        next(s.generate(max_tokens=2, temperature=0))
+    it.close()  # an abandoned generator frees the session
+    assert len(list(s.generate(max_tokens=2, temperature=0))) >= 1
+
+
+# --- cancel ------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_cancel_long_prompt_within_one_step_then_generate(model):
+    import threading
+    import time
+    text = " ".join(f"item {i}," for i in range(1000))
+    prompt = model.tokenize(text)[:2000]
+    assert len(prompt) == 2000
+    s = model.session(n_ctx=2100)
+    nb = model.n_batch
+    chunk_done = threading.Event()
+    times = []
+
+    def progress(done, total):
+        times.append(time.perf_counter())
+        chunk_done.set()
+    res = {}
+
+    def run():
+        t0 = time.perf_counter()
+        times.append(t0)
+        res["chunks"] = list(s.generate(tokens=prompt, max_tokens=4, progress=progress))
+        res["end"] = time.perf_counter()
+    th = threading.Thread(target=run)
+    th.start()
+    assert chunk_done.wait(300)
+    step = times[1] - times[0]          # one forward step of n_batch tokens
+    time.sleep(step * 0.3)
+    t_cancel = time.perf_counter()
+    s.cancel()
+    th.join(300)
+    latency = res["end"] - t_cancel
+    assert s.stats.finish == "cancelled" and res["chunks"] == []
+    assert latency < step, (latency, step)
+    n = len(s.tokens)
+    assert n % nb == 0 and nb <= n < 2000 and s.tokens == prompt[:n]
+    # the session goes on as if it had been given prompt[:n]
+    after = [c.token for c in s.generate(max_tokens=6, temperature=0)]
+    ref = model.session(n_ctx=2100)
+    ref.eval(prompt[:n])
+    assert after == [c.token for c in ref.generate(max_tokens=6, temperature=0)]
+
+
+# --- prefix reuse ------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_second_chat_turn_evaluates_only_new_tokens(model):
+    s = model.session()
+    msgs = [{"role": "system", "content": "You are a helpful AI assistant."},
+            {"role": "user", "content": "What is the capital of France?"}]
+    reply = model.chat(msgs, session=s, stream=False, temperature=0, max_tokens=24)
+    held = list(s.tokens)
+    msgs += [{"role": "assistant", "content": reply}, {"role": "user", "content": "And Italy?"}]
+    second = model.chat(msgs, session=s, stream=False, temperature=0, max_tokens=16)
+    prompt2 = model.tokenize(model.chat_template.render(msgs, add_generation_prompt=True),
+                             special=True)
+    common = 0
+    while common < min(len(held), len(prompt2)) and held[common] == prompt2[common]:
+        common += 1
+    assert common > 20
+    assert s.stats.n_prompt == len(prompt2) - common
+    fresh = model.session()
+    assert model.chat(msgs, session=fresh, stream=False, temperature=0, max_tokens=16) == second
+    assert fresh.stats.n_prompt == len(prompt2)
+
+
+# --- memory ------------------------------------------------------------------------
+
+def _rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+def test_open_generate_close_does_not_grow_rss(model):
+    def cycle():
+        with model.session(n_ctx=32) as s:
+            s.generate_text(tokens=[1, 2, 3], max_tokens=1, temperature=0)
+    for _ in range(10):
+        cycle()
+    r10 = _rss()
+    for _ in range(990):
+        cycle()
+    r1000 = _rss()
+    # one leaked session (KV + scratch) is ~1.6 MB: 990 of them would be GBs
+    assert r1000 - r10 < 8 << 20, (r10, r1000)
+
+
+@pytest.mark.slow
+def test_model_load_close_does_not_grow_rss(sample_model):
+    def cycle():
+        with pyllama_q.load(sample_model, n_ctx=32) as m:
+            m.session().generate_text(tokens=[1, 2], max_tokens=1, temperature=0)
+    for _ in range(3):
+        cycle()
+    r3 = _rss()
+    for _ in range(12):
+        cycle()
+    assert _rss() - r3 < 16 << 20
+
+
+# --- progress callbacks ------------------------------------------------------------
+
+def test_prompt_progress_callback():
+    from test_api import fake_model
+    m = fake_model("abc", prompt_len=11, n_batch=4)
+    seen = []
+    s = m.session()
+    s.eval(list(range(10)), progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(4, 10), (8, 10), (10, 10)]
+    seen.clear()
+    assert s.generate_text(tokens=[1], max_tokens=2, temperature=0,
+                           progress=lambda d, t: seen.append((d, t))) == "ab"
+    assert seen == [(1, 1)]
+
+
+def test_load_progress_callback(sample_model):
+    seen = []
+    with pyllama_q.load(sample_model, n_ctx=32, progress=seen.append):
+        pass
+    assert seen[0] == 0.0 and seen[-1] == 1.0 and len(seen) > 100
+    assert all(a <= b for a, b in zip(seen, seen[1:]))
