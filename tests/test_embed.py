@@ -338,3 +338,78 @@ def test_load_progress_callback(sample_model):
         pass
     assert seen[0] == 0.0 and seen[-1] == 1.0 and len(seen) > 100
     assert all(a <= b for a, b in zip(seen, seen[1:]))
+
+
+# --- OpenAI-shaped chat completion -----------------------------------------------------
+
+FRANCE = [{"role": "system", "content": "You are a helpful AI assistant."},
+          {"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_chat_completion_shape_and_stream_agree(model):
+    out = model.create_chat_completion(messages=FRANCE, session=model.session(),
+                                       max_tokens=12, temperature=0)
+    assert out["object"] == "chat.completion" and out["id"].startswith("chatcmpl-")
+    assert isinstance(out["created"], int) and out["model"]
+    (ch,) = out["choices"]
+    assert ch["index"] == 0 and ch["message"]["role"] == "assistant"
+    assert "Paris" in ch["message"]["content"]
+    assert ch["finish_reason"] in ("stop", "length") and ch["logprobs"] is None
+    u = out["usage"]
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    assert 0 < u["completion_tokens"] <= 12
+
+    chunks = list(model.create_chat_completion(messages=FRANCE, session=model.session(),
+                                               max_tokens=12, temperature=0, stream=True))
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"]
+               for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[-1]["choices"][0]["finish_reason"] == ch["finish_reason"]
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == ch["message"]["content"]
+    assert chunks[-1]["usage"]["completion_tokens"] == u["completion_tokens"]
+
+
+def test_chat_completion_logprobs_and_logit_bias(model):
+    out = model.create_chat_completion(messages=FRANCE, session=model.session(),
+                                       max_tokens=3, temperature=0, logprobs=True,
+                                       top_logprobs=3)
+    ch = out["choices"][0]
+    assert ch["finish_reason"] == "length" and out["usage"]["completion_tokens"] == 3
+    lps = ch["logprobs"]["content"]
+    assert len(lps) == 3
+    for e in lps:
+        tops = e["top_logprobs"]
+        assert len(tops) == 3 and tops[0]["logprob"] >= tops[1]["logprob"] >= tops[2]["logprob"]
+        assert e["token"] == tops[0]["token"] and e["logprob"] == tops[0]["logprob"] <= 0
+        assert bytes(e["bytes"]).decode("utf-8", "replace") == e["token"]
+    # independent: log-softmax of the logits after the prompt, computed here
+    prompt = model.tokenize(model.chat_template.render(FRANCE, add_generation_prompt=True),
+                            special=True)
+    x = model.session().eval(prompt).astype(np.float64)
+    ref = x - (x.max() + np.log(np.exp(x - x.max()).sum()))
+    first = int(np.argmax(x))
+    assert abs(lps[0]["logprob"] - ref[first]) < 1e-6 + 1e-6 * abs(ref[first])
+    # logit bias: ban the greedy first token; then force a chosen one (string key)
+    out = model.create_chat_completion(messages=FRANCE, session=model.session(), max_tokens=1,
+                                       temperature=0, logprobs=True,
+                                       logit_bias={first: -100.0})
+    assert out["choices"][0]["logprobs"]["content"][0]["token"] != lps[0]["token"]
+    forced = model.tokenize(" banana", add_bos=False)[0]
+    out = model.create_chat_completion(messages=FRANCE, session=model.session(), max_tokens=1,
+                                       temperature=0.8, seed=1, logprobs=True,
+                                       logit_bias={str(forced): 100.0})
+    lp = out["choices"][0]["logprobs"]["content"][0]
+    assert lp["bytes"] == list(model.tokenizer.token_bytes(forced))
+
+
+def test_chat_completion_reports_reused_prefix(model):
+    s = model.session()
+    msgs = list(FRANCE)
+    a = model.create_chat_completion(messages=msgs, session=s, max_tokens=6, temperature=0)
+    msgs += [a["choices"][0]["message"], {"role": "user", "content": "And Italy?"}]
+    b = model.create_chat_completion(messages=msgs, session=s, max_tokens=2, temperature=0)
+    cached = b["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached >= a["usage"]["prompt_tokens"]
+    assert s.stats.n_prompt == b["usage"]["prompt_tokens"] - cached
