@@ -361,8 +361,14 @@ class Session:
             chunk = [int(t) for t in toks[i:i + nb]]
             if self._cancel:
                 raise CancelledError("evaluation cancelled")
-            self._logits = None  # the cache changes below: old logits no longer apply
-            logits = self._eval_chunk(chunk, len(self._evaluated))
+            prev, self._logits = self._logits, None  # the cache changes below
+            try:
+                logits = self._eval_chunk(chunk, len(self._evaluated))
+            except CancelledError:
+                # positions before this chunk are intact, so their logits
+                # still apply: a cancelled session can go on from there
+                self._logits = prev
+                raise
             self._evaluated.extend(chunk)
             self._pending = []  # it was first in the first chunk
             self._n_evaluated += len(chunk)
