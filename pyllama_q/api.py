@@ -16,6 +16,7 @@ session generates one sequence at a time.
 import os
 import threading
 import time
+import weakref
 from collections import Counter
 from typing import NamedTuple
 
@@ -38,7 +39,8 @@ class Chunk(NamedTuple):
 class GenerationStats:
     """Counts and wall times of the last generate() of a session.
     finish: 'eog' (end-of-generation token), 'stop' (stop string), 'length'
-    (max_tokens), 'context' (cache full), 'cancelled'."""
+    (max_tokens), 'context' (cache full), 'cancelled', 'closed' (the caller
+    stopped iterating)."""
 
     def __init__(self):
         self.n_prompt = 0          # tokens evaluated before the first sample
@@ -117,6 +119,7 @@ class Model:
         self.n_batch = int(n_batch)
         self.chat_template = _template_from_metadata(md, tokenizer, override=chat_template)
         self._chat_session = None
+        self._sessions = weakref.WeakSet()
         self._turn_ids, self._turn_strings = self._turn_stops()
         return self
 
@@ -154,7 +157,11 @@ class Model:
         cache fills during generation, context_shift keeps the first n_keep
         tokens (None: the BOS token, if any), drops the older half of the rest
         and goes on; context_shift=False raises ContextFullError instead."""
-        return Session(self, n_ctx or self.n_ctx, context_shift=context_shift, n_keep=n_keep)
+        if self.weights is None:
+            raise PQError("model is closed")
+        s = Session(self, n_ctx or self.n_ctx, context_shift=context_shift, n_keep=n_keep)
+        self._sessions.add(s)
+        return s
 
     def create_chat_completion(self, messages, **kw):
         """OpenAI-shaped chat completion (see pyllama_q.chat_api)."""
@@ -196,9 +203,11 @@ class Model:
         return d
 
     def close(self):
-        if self._chat_session is not None:
-            self._chat_session.close()
-            self._chat_session = None
+        """Close every session (waiting for an evaluation in another thread to
+        stop), then the weights."""
+        for s in list(self._sessions):
+            s.close()
+        self._chat_session = None
         if self.weights is not None:
             self.weights.close()
             self.weights = None
@@ -243,7 +252,7 @@ class Session:
         self.n_keep = n_keep        # tokens a context shift keeps (None: the BOS, if any)
         self.sampler = None         # the Sampler of the last generation (resume=True reuses it)
         self.n_shifts = 0           # context shifts so far
-        self._busy = threading.Lock()  # held while a generation runs
+        self._generating = threading.Lock()  # held while a generation runs
         self._kv = model._kv_factory(model.weights, self.n_ctx, n_batch=model.n_batch,
                                      kv_type=model.kv_type)
         self._evaluated = []        # token ids whose K/V the cache holds, positions 0..
@@ -252,6 +261,7 @@ class Session:
         self._cancel = False        # a cancel for the operation in progress
         self._stale_cancel = False  # a cancel that may still be armed in the C context
         self._n_evaluated = 0       # tokens run through the model, ever (for stats)
+        self._busy = threading.Lock()  # held while the C context evaluates
         self.stats = GenerationStats()
 
     @property
@@ -266,13 +276,19 @@ class Session:
         """Stop the evaluation or generation in progress (thread-safe; also
         safe from a signal handler). A generator ends with finish 'cancelled'."""
         self._cancel = True
-        if self._kv is not None:
-            self._kv.cancel()
+        kv = self._kv
+        if kv is not None:
+            kv.cancel()
 
     def close(self):
+        """Free the KV cache; an evaluation running in another thread is
+        cancelled and waited for first."""
         if self._kv is not None:
-            self._kv.close()
-            self._kv = None
+            self.cancel()
+            with self._busy:
+                kv, self._kv = self._kv, None
+                if kv is not None:
+                    kv.close()
 
     @property
     def kv_bytes(self):
@@ -285,7 +301,8 @@ class Session:
         """Tokens, KV cache rows, last logits and sampler state as bytes (see
         pyllama_q.state for the format); also written to `path` if given."""
         from .state import save_session
-        data = save_session(self)
+        with self._busy:
+            data = save_session(self)
         if path is not None:
             with open(path, "wb") as f:
                 f.write(data)
@@ -296,7 +313,8 @@ class Session:
         session; StateError if it comes from another model or is corrupt.
         Continue with generate(..., resume=True) to reuse the saved sampler."""
         from .state import restore_session
-        restore_session(self, data)
+        with self._busy:
+            restore_session(self, data)
 
     def _shift_context(self):
         """Free room in a full cache: keep n_keep tokens, drop the older half
@@ -332,18 +350,19 @@ class Session:
         self._cancel = False
 
     def _eval_chunk(self, toks, pos):
-        if self._kv is None:
-            raise PQError("session is closed")
-        try:
-            return self._kv.eval(toks, pos)
-        except CancelledError:
-            if self._stale_cancel and not self._cancel:
+        with self._busy:
+            kv = self._kv
+            if kv is None:
+                raise PQError("session is closed")
+            try:
+                return kv.eval(toks, pos)
+            except CancelledError:
+                if self._stale_cancel and not self._cancel:
+                    self._stale_cancel = False
+                    return kv.eval(toks, pos)
+                raise
+            finally:
                 self._stale_cancel = False
-                return self._kv.eval(toks, pos)
-            self._stale_cancel = False
-            raise
-        finally:
-            self._stale_cancel = False
 
     def _eval_tokens(self, toks, progress=None):
         """Append the pending token and toks to the cache in n_batch chunks;
@@ -453,14 +472,14 @@ class Session:
     def _stream(self, new, replace, max_tokens, stops, stop_ids, sampler, progress=None):
         # One generation at a time per session: a second one (another thread,
         # or an unfinished generator) would interleave two sequences in one cache.
-        if not self._busy.acquire(blocking=False):
+        if not self._generating.acquire(blocking=False):
             raise PQError("session is busy with another generation (one at a time per "
                           "session; use one session per thread)")
         try:
             yield from self._stream_locked(new, replace, max_tokens, stops, stop_ids, sampler,
                                            progress)
         finally:
-            self._busy.release()
+            self._generating.release()
 
     def _stream_locked(self, new, replace, max_tokens, stops, stop_ids, sampler, progress):
         st = self.stats = GenerationStats()
@@ -528,6 +547,8 @@ class Session:
             st.finish = "cancelled"
         finally:
             st.t_gen = time.perf_counter() - t1
+            if st.finish is None:  # the caller stopped iterating (GeneratorExit)
+                st.finish = "closed"
         if st.finish in ("stop",):
             return
         tail = held + detok.flush()
