@@ -316,17 +316,21 @@ class Session:
         with self._busy:
             restore_session(self, data)
 
+    def _n_keep_now(self):
+        """The tokens a shift would keep now (n_keep, or the BOS if None)."""
+        n_keep = self.n_keep
+        if n_keep is None:
+            bos = getattr(self.model.tokenizer, "bos_id", None)
+            n_keep = 1 if self._evaluated and self._evaluated[0] == bos else 0
+        return max(0, min(int(n_keep), len(self._evaluated)))
+
     def _shift_context(self):
         """Free room in a full cache: keep n_keep tokens, drop the older half
         of the rest (re-rotating the kept keys in C). False if shifting is off
         or impossible."""
         from .state import kv_shift
         n_used = len(self._evaluated)
-        n_keep = self.n_keep
-        if n_keep is None:
-            bos = getattr(self.model.tokenizer, "bos_id", None)
-            n_keep = 1 if self._evaluated and self._evaluated[0] == bos else 0
-        n_keep = max(0, min(int(n_keep), n_used))
+        n_keep = self._n_keep_now()
         n_discard = (n_used - n_keep) // 2
         if not self.context_shift or n_discard <= 0:
             return False
@@ -463,6 +467,9 @@ class Session:
         params = self.sampler.params if resume else SamplerParams(seed=seed, **sampler).check()
         stops = [s for s in (stop or []) if s]
         n_total = len(new) + (0 if replace else len(self._evaluated) + len(self._pending))
+        if n_total > self.n_ctx and not replace and self.context_shift:
+            # appending: shifting can free all but the kept tokens
+            n_total = self._n_keep_now() + len(self._pending) + len(new)
         if n_total > self.n_ctx:
             raise ContextFullError(f"prompt of {n_total} tokens does not fit the session "
                                    f"context of {self.n_ctx}")
@@ -491,6 +498,9 @@ class Session:
             if replace:
                 logits = self._sync(new, progress)
             else:
+                while (len(self._evaluated) + len(self._pending) + len(new) > self.n_ctx
+                       and self._shift_context()):
+                    pass  # make room for appended tokens (context_shift on)
                 logits = self._eval_tokens(new, progress)
             st.n_prompt = self._n_evaluated - n_before
         except CancelledError:

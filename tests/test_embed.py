@@ -413,3 +413,20 @@ def test_chat_completion_reports_reused_prefix(model):
     cached = b["usage"]["prompt_tokens_details"]["cached_tokens"]
     assert cached >= a["usage"]["prompt_tokens"]
     assert s.stats.n_prompt == b["usage"]["prompt_tokens"] - cached
+
+
+def test_appending_to_a_full_session_shifts_first(model):
+    s = model.session(n_ctx=64, n_keep=4)
+    toks = model.tokenize("The quick brown fox jumps over the lazy dog. " * 8)[:60]
+    s.eval(toks)
+    more = model.tokenize(" Then it ran into the forest and", add_bos=False)
+    assert len(more) > 4
+    got = s.generate_text(tokens=more, max_tokens=3, temperature=0, logit_bias=no_eog(model))
+    assert s.n_shifts == 1 and s.tokens[:4] == toks[:4] and len(got) > 0
+    assert s.tokens[-len(more) - 3:-3] == more
+    with pytest.raises(ContextFullError):  # cannot fit even after shifting
+        s.generate(tokens=[5] * 61)
+    t = model.session(n_ctx=64, context_shift=False)
+    t.eval(toks)
+    with pytest.raises(ContextFullError):
+        t.generate(tokens=more)
