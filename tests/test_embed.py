@@ -430,3 +430,57 @@ def test_appending_to_a_full_session_shifts_first(model):
     t.eval(toks)
     with pytest.raises(ContextFullError):
         t.generate(tokens=more)
+
+
+# --- tiny random models: shift with rope factors, state across models --------------------
+
+def test_shift_with_partial_rope_and_freq_factors(tmp_path):
+    """The shift's angles use the model's theta, rope_dim and rope_freqs
+    factors: on a random model with all three unusual, layer-0 keys after a
+    shift equal keys computed fresh at the new positions."""
+    from test_forward import build_model
+    from pyllama_q._pq import lib
+    from pyllama_q.model import KVContext, Weights
+    path = tmp_path / "m.gguf"
+    build_model(path, dim=64, n_heads=4, n_kv=2, head_dim=32, rope_dim=16, rope_freqs=True,
+                rope_base=500000.0, n_layers=2, vocab=80)
+    toks = [int(t) for t in np.random.default_rng(1).integers(0, 80, 90)]
+    n_keep, n_discard = 3, 41
+    with Weights(path, n_threads=1) as w:
+        a, b = KVContext(w, 96, kv_type="f32"), KVContext(w, 96, kv_type="f32")
+        a.eval(toks, 0)
+        moved = kv_rows(a, 0, 60)[0]
+        assert lib.pq_ctx_kv_shift(a._ptr, n_keep, n_discard, len(toks)) == 0
+        b.eval(toks[:n_keep] + toks[n_keep + n_discard:], 0)
+        for p in range(len(toks) - n_discard):
+            ks, kf = kv_rows(a, 0, p)[0], kv_rows(b, 0, p)[0]
+            assert np.abs(ks - kf).max() <= 1e-5 + 1e-5 * np.abs(kf).max(), p
+        # dimensions past rope_dim are not rotated, the first ones are
+        fresh = kv_rows(b, 0, 60 - n_discard)[0].reshape(2, 32)
+        assert np.array_equal(moved.reshape(2, 32)[:, 16:], fresh[:, 16:])
+        assert not np.allclose(moved.reshape(2, 32)[:, :16], fresh[:, :16], atol=1e-3)
+
+
+def test_state_from_another_model_is_refused(tmp_path):
+    from types import SimpleNamespace
+    from test_forward import build_model
+    from pyllama_q.model import KVContext, Weights
+    from pyllama_q.state import restore_session, save_session
+    build_model(tmp_path / "a.gguf", n_layers=2)
+    build_model(tmp_path / "b.gguf", n_layers=3, seed=1)
+    with Weights(tmp_path / "a.gguf", n_threads=1) as wa, \
+            Weights(tmp_path / "b.gguf", n_threads=1) as wb:
+        def sess(w):
+            return SimpleNamespace(_kv=KVContext(w, 32), _evaluated=[], _pending=[],
+                                   _logits=None, sampler=None)
+        sa = sess(wa)
+        sa._logits = sa._kv.eval([1, 2, 3], 0)
+        sa._evaluated = [1, 2, 3]
+        data = save_session(sa)
+        same = sess(wa)
+        restore_session(same, data)
+        assert same._evaluated == [1, 2, 3] and np.array_equal(same._logits, sa._logits)
+        other = sess(wb)
+        with pytest.raises(StateError, match="different model"):
+            restore_session(other, data)
+        assert other._evaluated == []
