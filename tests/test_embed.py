@@ -484,3 +484,22 @@ def test_state_from_another_model_is_refused(tmp_path):
         with pytest.raises(StateError, match="different model"):
             restore_session(other, data)
         assert other._evaluated == []
+
+
+def test_sessions_opened_and_closed_from_many_threads(model):
+    import threading
+    errors = []
+
+    def worker(i):
+        try:
+            for j in range(8):
+                with model.session(n_ctx=16) as s:
+                    s.eval([1 + i, 2 + j])
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert errors == []
