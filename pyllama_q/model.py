@@ -125,17 +125,17 @@ class Weights:
     `gguf` the open GGUFFile (metadata for tokenizers and templates).
     """
 
-    def __init__(self, path, n_threads=None):
+    def __init__(self, path, n_threads=None, progress=None):
         self._ptr = None
         self._contexts = weakref.WeakSet()
         self.gguf = GGUFFile(path)
         try:
-            self._build(n_threads)
+            self._build(n_threads, progress)
         except BaseException:
             self.close()
             raise
 
-    def _build(self, n_threads):
+    def _build(self, n_threads, progress=None):
         g = self.gguf
         self.path = g.path
         self.hparams = hp = read_hparams(g)
@@ -144,7 +144,10 @@ class Weights:
         check(lib.pq_model_init(pp, chp, 0 if n_threads is None else int(n_threads)),
               f"{self.path}: model")
         self._ptr = pp[0]
-        for name, t in g.tensors.items():
+        n_tensors = len(g.tensors)
+        for i_tensor, (name, t) in enumerate(g.tensors.items()):
+            if progress is not None:  # fraction of tensors handed to the C model
+                progress(i_tensor / max(n_tensors, 1))
             rl = _role_of(name)
             if rl is None:
                 continue

@@ -224,8 +224,12 @@ def test_context_full_and_bad_arguments():
     with pytest.raises(TypeError, match="temprature"):
         s.generate("x", temprature=0.5)
     FakeKV.script, FakeKV.start = list(b"q" * 40), 2
-    assert len(s.generate_text("x", max_tokens=100, temperature=0)) == 16 - 2 + 1
-    assert s.stats.finish == "context"
+    s = m.session(context_shift=False)  # with the shift off a full context is an error
+    got = []
+    with pytest.raises(ContextFullError, match="context_shift is off"):
+        for c in s.generate("x", max_tokens=100, temperature=0):
+            got.append(c.text)
+    assert len("".join(got)) == 16 - 2 + 1 and s.stats.finish == "context"
 
 
 def test_session_eval_appends_in_batches_and_reset():
