@@ -72,6 +72,22 @@ int pq_kernels_select(const char *variant);
  * (activations quantized to the weight type's partner format first). */
 int pq_kernel_matmul(const char *variant, int wtype, const void *W, int64_t rows,
                      int64_t cols, const float *X, int64_t n_tok, float *Y);
+/* The same for rows [r0, r1) only (the slice a forward-pass thread gets):
+ * Y keeps its full (n_tok, rows) layout and elements outside are untouched. */
+int pq_kernel_matmul_rows(const char *variant, int wtype, const void *W, int64_t rows,
+                          int64_t cols, const float *X, int64_t n_tok, float *Y,
+                          int64_t r0, int64_t r1);
+/* Test hook: n_rows rows of cols floats into the activation format that
+ * pairs with wtype (pq_act_type), with the variant's quantize_act. */
+int pq_kernel_quantize_act(const char *variant, int wtype, const float *x, void *y,
+                           int64_t n_rows, int64_t cols);
+/* Test hooks for the attention helpers of a variant (NULL = active); type is
+ * PQ_TYPE_F32 or PQ_TYPE_F16 (the KV-cache storage of a / x):
+ * *out = dot(a, b) over n elements; y[i] += alpha * x[i] for i < n. */
+int pq_kernel_dot(const char *variant, int type, const void *a, const float *b,
+                  int64_t n, float *out);
+int pq_kernel_axpy(const char *variant, int type, float alpha, const void *x, float *y,
+                   int64_t n);
 
 /* ---- model ---------------------------------------------------------------- */
 typedef struct {

@@ -1,0 +1,378 @@
+/* x86_avx512.c: the "avx512" (F/BW/VL/DQ) and "avx512vnni" kernel tables,
+ * for Intel Skylake-SP / Ice Lake and later and AMD Zen 4 and later.
+ *
+ * What it is: gemm kernels that take two 32-element blocks per 512-bit
+ * register; the two tables share every line except the int8 dot product
+ * (maddubs+madd on AVX-512BW, one vpdpbusd with VNNI). Activation quantizers
+ * and the dot/axpy helpers come from the avx2 table (the CPU has AVX2 too);
+ * the float gemms and dot/axpy are redone here at 16 lanes.
+ * What it is not: a choice of variant (dispatch.c). On non-x86 builds both
+ * table functions return NULL.
+ *
+ * Block-pair trick: the two blocks of a Q4 pair are contiguous (36 or 40
+ * bytes), so one masked load brings both, and one vpermw per row gathers the
+ * nibbles and another the two fp16 scales, laid out to match the int32 lanes
+ * of the dot product. Masked loads never fault on masked-out bytes, so the
+ * last block of a matrix is read safely.
+ * Intel intrinsics guide: https://www.intel.com/content/www/us/en/docs/intrinsics-guide/
+ */
+#include "kernels.h"
+
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "quants.h"
+#include "x86_common.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#pragma GCC optimize("fp-contract=off")
+
+#define AI static inline __attribute__((always_inline))
+
+/* acc (16 x int32) += sum of 4 adjacent u8*s8 products. The VNNI form is one
+ * instruction (inline asm, so this file needs no VNNI target and the plain
+ * table can never execute it); the BW form widens through int16, safe here
+ * because every caller keeps |u8 * s8 pair sums| < 2^15. */
+AI __m512i dot_u8s8(const int vnni, __m512i acc, __m512i u8, __m512i s8) {
+    if (vnni) {
+        __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+        return acc;
+    }
+    const __m512i p16 = _mm512_maddubs_epi16(u8, s8);
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(p16, _mm512_set1_epi16(1)));
+}
+
+/* ---- quantized gemm ------------------------------------------------------------- */
+
+enum { K_Q4_0, K_Q4_1, K_Q8_0 };
+
+/* Weight-side data of one block pair of one row. */
+typedef struct {
+    __m512i q;  /* u8 operand of the dot product */
+    __m512i sm; /* Q8_0 on BW: mask trick needs w's signs (as a vector of w) */
+    __m512 d;   /* fp32 scales per int32 lane */
+    __m512 m;   /* Q4_1: the minimum in one lane per block, else 0 */
+} wpair;
+
+/* vpermw word indices (fp16 scales, nibble bytes) into a loaded block pair,
+ * so that each int32 lane of the dot product meets its own block's scales:
+ * Q4 layout [b0 lo | b1 lo | b0 hi | b1 hi] (128-bit lanes), Q8_0 [b0 | b1]. */
+#define IDX static const short __attribute__((aligned(64)))
+IDX IDX_Q4_0_QS[32] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17,
+                       1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17};
+IDX IDX_Q4_0_D[32] = {0, 0, 0, 0, 9, 9, 9, 9, 0, 0, 0, 0, 9, 9, 9, 9};
+IDX IDX_Q4_1_QS[32] = {2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14, 15, 16, 17, 18, 19,
+                       2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14, 15, 16, 17, 18, 19};
+IDX IDX_Q4_1_D[32] = {0, 0, 0, 0, 10, 10, 10, 10, 0, 0, 0, 0, 10, 10, 10, 10};
+IDX IDX_Q4_1_M[32] = {1, 0, 0, 0, 11}; /* used under mask 0x11: lanes 0 and 4 */
+IDX IDX_Q8_0_D[32] = {0, 0, 0, 0, 0, 0, 0, 0, 17, 17, 17, 17, 17, 17, 17, 17};
+IDX IDX_X80_Q4_D[32] = {0, 0, 0, 0, 17, 17, 17, 17, 0, 0, 0, 0, 17, 17, 17, 17};
+IDX IDX_X81_D[32] = {0, 0, 0, 0, 18, 18, 18, 18, 0, 0, 0, 0, 18, 18, 18, 18};
+IDX IDX_X81_S[32] = {1, 1, 1, 1, 19, 19, 19, 19, 1, 1, 1, 1, 19, 19, 19, 19};
+#undef IDX
+
+AI __m512i idx_load(const short *p) { return _mm512_load_si512((const void *)p); }
+
+/* 16 fp16 values chosen by idx from the words of z -> 16 floats. */
+AI __m512 gather_f16(const short *idx, __m512i z) {
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx_load(idx), z)));
+}
+
+/* The weight side of one block pair (two = 0: only the first block, the
+ * second half zero). */
+AI wpair load_w(const int kind, const int vnni, const int two, const char *wb) {
+    wpair p;
+    p.m = _mm512_setzero_ps();
+    p.sm = _mm512_setzero_si512();
+    if (kind == K_Q4_0 || kind == K_Q4_1) {
+        const int bb = kind == K_Q4_0 ? 18 : 20; /* block bytes */
+        const __mmask64 mk = ~0ULL >> (64 - (two ? 2 * bb : bb));
+        const __m512i z = _mm512_maskz_loadu_epi8(mk, wb);
+        /* the high 256 bits get the high nibbles: shift their words by 4 */
+        const __m512i shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+        const __m512i qi = idx_load(kind == K_Q4_0 ? IDX_Q4_0_QS : IDX_Q4_1_QS);
+        const __m512i q = _mm512_srlv_epi16(_mm512_permutexvar_epi16(qi, z), shift);
+        p.q = _mm512_and_si512(q, _mm512_set1_epi8(0x0f));
+        p.d = gather_f16(kind == K_Q4_0 ? IDX_Q4_0_D : IDX_Q4_1_D, z);
+        if (kind == K_Q4_1) {
+            const __m512i mv = _mm512_maskz_permutexvar_epi16(0x11, idx_load(IDX_Q4_1_M), z);
+            p.m = _mm512_cvtph_ps(_mm512_castsi512_si256(mv));
+        }
+    } else { /* Q8_0 */
+        const __m256i q0 = _mm256_loadu_si256((const __m256i *)(wb + 2));
+        const __m256i q1 = two ? _mm256_loadu_si256((const __m256i *)(wb + 36)) : _mm256_setzero_si256();
+        const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+        p.d = gather_f16(IDX_Q8_0_D, _mm512_maskz_loadu_epi16(two ? 0x3ffff : 0x1ffff, wb));
+        /* VNNI: w+128 is unsigned, corrected by -128*sum(x) per token.
+         * BW: |w| against x with w's sign (maddubs would saturate on w+128). */
+        if (vnni) p.q = _mm512_xor_si512(q, _mm512_set1_epi8((char)0x80));
+        else { p.q = _mm512_abs_epi8(q); p.sm = q; }
+    }
+    return p;
+}
+
+/* Activation-side data of one block pair of one token. */
+typedef struct {
+    __m512i q;    /* s8 operand */
+    __m512i corr; /* int32 lanes to start the dot from (offset correction) */
+    __m512 d;     /* fp32 scales per int32 lane */
+    __m512 s;     /* Q8_1: s per block lane group */
+} xpair;
+
+AI xpair load_x(const int kind, const int vnni, const int two, const char *xb) {
+    xpair p;
+    const int bb = kind == K_Q4_1 ? 36 : 34, off = kind == K_Q4_1 ? 4 : 2, nw = bb / 2;
+    const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xb + off));
+    const __m256i x1 = two ? _mm256_loadu_si256((const __m256i *)(xb + bb + off)) : _mm256_setzero_si256();
+    __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1);
+    /* Q4 weights: [b0 lo | b0 hi | b1 lo | b1 hi] -> [b0 lo | b1 lo | b0 hi | b1 hi] */
+    if (kind != K_Q8_0) q = _mm512_shuffle_i64x2(q, q, _MM_SHUFFLE(3, 1, 2, 0));
+    p.q = q;
+    /* scales (and Q8_1 sums) only: block 1 starts at word nw, its d at nw, s at nw+1 */
+    const __m512i z = _mm512_maskz_loadu_epi16(~0U >> (32 - (two ? nw + 2 : nw)), xb);
+    p.d = gather_f16(kind == K_Q4_0 ? IDX_X80_Q4_D : kind == K_Q4_1 ? IDX_X81_D : IDX_Q8_0_D, z);
+    p.s = kind == K_Q4_1 ? gather_f16(IDX_X81_S, z) : _mm512_setzero_ps();
+    /* dot(w - c, x) = dot(w, x) - c*sum(x): start the accumulation at -c*sum(x)
+     * (c = 8 for Q4_0; 128 for Q8_0 under VNNI, whose weights were shifted) */
+    p.corr = _mm512_setzero_si512();
+    if (kind == K_Q4_0 || (kind == K_Q8_0 && vnni)) {
+        const __m512i c = _mm512_set1_epi8(kind == K_Q4_0 ? 8 : (char)0x80);
+        p.corr = _mm512_sub_epi32(_mm512_setzero_si512(), dot_u8s8(vnni, _mm512_setzero_si512(), c, q));
+    }
+    return p;
+}
+
+/* One (row, token) pair of one block pair: acc += scale * dot (+ m*s). */
+AI __m512 step(const int kind, const int vnni, __m512 acc, const wpair *w, const xpair *x) {
+    __m512i dot;
+    if (kind == K_Q8_0 && !vnni) {
+        /* x with w's sign: negate the bytes where w < 0 */
+        const __mmask64 neg = _mm512_movepi8_mask(w->sm);
+        const __m512i xs = _mm512_mask_sub_epi8(x->q, neg, _mm512_setzero_si512(), x->q);
+        dot = dot_u8s8(0, _mm512_setzero_si512(), w->q, xs);
+    } else {
+        dot = dot_u8s8(vnni, x->corr, w->q, x->q);
+    }
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(w->d, x->d), acc);
+    if (kind == K_Q4_1) acc = _mm512_fmadd_ps(w->m, x->s, acc);
+    return acc;
+}
+
+/* Y[t*ldy + r] for an R x T tile over nb blocks; W (R, nb*32) @ X (T, nb*32)^T. */
+AI void tile_q(const int kind, const int vnni, const int R, const int T, int64_t nb,
+               const char *w, size_t ws, const char *x, size_t xs, float *y, int64_t ldy) {
+    const size_t wbs = kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : 34;
+    const size_t xbs = kind == K_Q4_1 ? 36 : 34;
+    __m512 acc[4][4];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        wpair wp[4];
+        for (int r = 0; r < R; r++) wp[r] = load_w(kind, vnni, 1, w + r * ws + b * wbs);
+        for (int t = 0; t < T; t++) {
+            const xpair xp = load_x(kind, vnni, 1, x + t * xs + b * xbs);
+            for (int r = 0; r < R; r++) acc[r][t] = step(kind, vnni, acc[r][t], &wp[r], &xp);
+        }
+    }
+    if (b < nb) { /* odd block count: the last block alone, the pair's second half zero */
+        wpair wp[4];
+        for (int r = 0; r < R; r++) wp[r] = load_w(kind, vnni, 0, w + r * ws + b * wbs);
+        for (int t = 0; t < T; t++) {
+            const xpair xp = load_x(kind, vnni, 0, x + t * xs + b * xbs);
+            for (int r = 0; r < R; r++) acc[r][t] = step(kind, vnni, acc[r][t], &wp[r], &xp);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+AI void tile_q_tokens(const int kind, const int vnni, const int R, int T, int64_t nb,
+                      const char *w, size_t ws, const char *x, size_t xs, float *y, int64_t ldy) {
+    switch (T) {
+    case 1: tile_q(kind, vnni, R, 1, nb, w, ws, x, xs, y, ldy); break;
+    case 2: tile_q(kind, vnni, R, 2, nb, w, ws, x, xs, y, ldy); break;
+    case 3: tile_q(kind, vnni, R, 3, nb, w, ws, x, xs, y, ldy); break;
+    default: tile_q(kind, vnni, R, 4, nb, w, ws, x, xs, y, ldy); break;
+    }
+}
+
+/* Rows in tiles of 4 (then 1), tokens in tiles of 4 within L2-sized chunks. */
+AI void gemm_q(const int kind, const int vnni, int64_t cols, const void *W, size_t ws,
+               const void *X, size_t xs, int64_t n_tok, float *Y, int64_t ldy, int64_t r0,
+               int64_t r1) {
+    const int64_t nb = cols / 32;
+    const int64_t chunk = pq_token_chunk(xs, n_tok);
+    for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
+        const int64_t tn = n_tok - t0 < chunk ? n_tok - t0 : chunk;
+        const char *x = (const char *)X + t0 * xs;
+        int64_t r = r0;
+        for (; r + 4 <= r1; r += 4)
+            for (int64_t t = 0; t < tn; t += 4)
+                tile_q_tokens(kind, vnni, 4, (int)(tn - t < 4 ? tn - t : 4), nb,
+                              (const char *)W + r * ws, ws, x + t * xs, xs, Y + (t0 + t) * ldy + r, ldy);
+        for (; r < r1; r++)
+            for (int64_t t = 0; t < tn; t += 4)
+                tile_q_tokens(kind, vnni, 1, (int)(tn - t < 4 ? tn - t : 4), nb,
+                              (const char *)W + r * ws, ws, x + t * xs, xs, Y + (t0 + t) * ldy + r, ldy);
+    }
+}
+
+#define GEMM_ARGS int64_t cols, const void *W, size_t ws, const void *X, size_t xs, \
+                  int64_t n_tok, float *Y, int64_t ldy, int64_t r0, int64_t r1
+#define GEMM_PASS cols, W, ws, X, xs, n_tok, Y, ldy, r0, r1
+static void gemm_q4_0_bw(GEMM_ARGS) { gemm_q(K_Q4_0, 0, GEMM_PASS); }
+static void gemm_q4_1_bw(GEMM_ARGS) { gemm_q(K_Q4_1, 0, GEMM_PASS); }
+static void gemm_q8_0_bw(GEMM_ARGS) { gemm_q(K_Q8_0, 0, GEMM_PASS); }
+static void gemm_q4_0_vnni(GEMM_ARGS) { gemm_q(K_Q4_0, 1, GEMM_PASS); }
+static void gemm_q4_1_vnni(GEMM_ARGS) { gemm_q(K_Q4_1, 1, GEMM_PASS); }
+static void gemm_q8_0_vnni(GEMM_ARGS) { gemm_q(K_Q8_0, 1, GEMM_PASS); }
+
+/* ---- float-weight gemm (activations f32), 16 lanes, masked tails ---------------- */
+
+enum { K_F32, K_F16, K_BF16 };
+
+/* n (<= 16) weights at element i of row w, as f32; lanes >= n are 0. */
+AI __m512 load_w16(const int kind, const char *w, int64_t i, __mmask16 m) {
+    if (kind == K_F32) return _mm512_maskz_loadu_ps(m, (const float *)w + i);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w + i);
+    if (kind == K_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); /* bf16 */
+}
+
+AI void tile_f(const int kind, const int R, const int T, int64_t cols, const char *w,
+               size_t ws, const char *x, size_t xs, float *y, int64_t ldy) {
+    __m512 acc[4][4];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < cols; i += 16) {
+        const __mmask16 m = cols - i >= 16 ? 0xffff : (__mmask16)((1u << (cols - i)) - 1);
+        __m512 wv[4];
+        for (int r = 0; r < R; r++) wv[r] = load_w16(kind, w + r * ws, i, m);
+        for (int t = 0; t < T; t++) {
+            const __m512 xv = _mm512_maskz_loadu_ps(m, (const float *)(x + t * xs) + i);
+            for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+AI void tile_f_tokens(const int kind, const int R, int T, int64_t cols, const char *w,
+                      size_t ws, const char *x, size_t xs, float *y, int64_t ldy) {
+    switch (T) {
+    case 1: tile_f(kind, R, 1, cols, w, ws, x, xs, y, ldy); break;
+    case 2: tile_f(kind, R, 2, cols, w, ws, x, xs, y, ldy); break;
+    case 3: tile_f(kind, R, 3, cols, w, ws, x, xs, y, ldy); break;
+    default: tile_f(kind, R, 4, cols, w, ws, x, xs, y, ldy); break;
+    }
+}
+
+AI void gemm_f(const int kind, GEMM_ARGS) {
+    const int64_t chunk = pq_token_chunk(xs, n_tok);
+    for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
+        const int64_t tn = n_tok - t0 < chunk ? n_tok - t0 : chunk;
+        const char *x = (const char *)X + t0 * xs;
+        int64_t r = r0;
+        for (; r + 4 <= r1; r += 4)
+            for (int64_t t = 0; t < tn; t += 4)
+                tile_f_tokens(kind, 4, (int)(tn - t < 4 ? tn - t : 4), cols, (const char *)W + r * ws,
+                              ws, x + t * xs, xs, Y + (t0 + t) * ldy + r, ldy);
+        for (; r < r1; r++)
+            for (int64_t t = 0; t < tn; t += 4)
+                tile_f_tokens(kind, 1, (int)(tn - t < 4 ? tn - t : 4), cols, (const char *)W + r * ws,
+                              ws, x + t * xs, xs, Y + (t0 + t) * ldy + r, ldy);
+    }
+}
+
+static void gemm_f32(GEMM_ARGS) { gemm_f(K_F32, GEMM_PASS); }
+static void gemm_f16(GEMM_ARGS) { gemm_f(K_F16, GEMM_PASS); }
+static void gemm_bf16(GEMM_ARGS) { gemm_f(K_BF16, GEMM_PASS); }
+
+/* ---- attention helpers ------------------------------------------------------------ */
+
+static float dot_f32(const float *a, const float *b, int64_t n) {
+    __m512 s = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s);
+    }
+    return _mm512_reduce_add_ps(s);
+}
+
+static void axpy_f32(float a, const float *x, float *y, int64_t n) {
+    const __m512 av = _mm512_set1_ps(a);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 r = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i));
+        _mm512_mask_storeu_ps(y + i, m, r);
+    }
+}
+
+static float dot_f16(const uint16_t *a, const float *b, int64_t n) {
+    __m512 s = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        s = _mm512_fmadd_ps(load_w16(K_F16, (const char *)a, i, m), _mm512_maskz_loadu_ps(m, b + i), s);
+    }
+    return _mm512_reduce_add_ps(s);
+}
+
+static void axpy_f16(float a, const uint16_t *x, float *y, int64_t n) {
+    const __m512 av = _mm512_set1_ps(a);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 r = _mm512_fmadd_ps(av, load_w16(K_F16, (const char *)x, i, m),
+                                         _mm512_maskz_loadu_ps(m, y + i));
+        _mm512_mask_storeu_ps(y + i, m, r);
+    }
+}
+
+#pragma GCC pop_options
+
+/* ---- the tables ------------------------------------------------------------------------ */
+
+static pq_kernels t512, t512vnni;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void init(void) {
+    const pq_kernels *base = pq_kernels_avx2(); /* activation quantizers */
+    t512 = *base;
+    t512.name = "avx512";
+    t512.gemm[PQ_TYPE_F32] = gemm_f32;
+    t512.gemm[PQ_TYPE_F16] = gemm_f16;
+    t512.gemm[PQ_TYPE_BF16] = gemm_bf16;
+    t512.gemm[PQ_TYPE_Q4_0] = gemm_q4_0_bw;
+    t512.gemm[PQ_TYPE_Q4_1] = gemm_q4_1_bw;
+    t512.gemm[PQ_TYPE_Q8_0] = gemm_q8_0_bw;
+    t512.dot_f32 = dot_f32;
+    t512.axpy_f32 = axpy_f32;
+    t512.dot_f16 = dot_f16;
+    t512.axpy_f16 = axpy_f16;
+    t512vnni = t512;
+    t512vnni.name = "avx512vnni";
+    t512vnni.gemm[PQ_TYPE_Q4_0] = gemm_q4_0_vnni;
+    t512vnni.gemm[PQ_TYPE_Q4_1] = gemm_q4_1_vnni;
+    t512vnni.gemm[PQ_TYPE_Q8_0] = gemm_q8_0_vnni;
+}
+
+const pq_kernels *pq_kernels_avx512(void) {
+    pthread_once(&once, init);
+    return &t512;
+}
+
+const pq_kernels *pq_kernels_avx512vnni(void) {
+    pthread_once(&once, init);
+    return &t512vnni;
+}
+
+#else /* not x86-64 */
+
+const pq_kernels *pq_kernels_avx512(void) { return NULL; }
+const pq_kernels *pq_kernels_avx512vnni(void) { return NULL; }
+
+#endif

@@ -1,0 +1,17 @@
+/* x86_common.h: ISA-neutral helpers shared by the x86 kernel files. */
+#ifndef PQ_X86_COMMON_H
+#define PQ_X86_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Tokens per pass over the weights in a prompt batch: as many activation rows
+ * as fit in about 256 KiB (a share of L2), a multiple of 4, at least 4, so
+ * the rows of one chunk stay cached while every weight tile meets them. */
+static inline int64_t pq_token_chunk(size_t x_stride, int64_t n_tok) {
+    int64_t c = (int64_t)((256u << 10) / (x_stride ? x_stride : 1)) & ~(int64_t)3;
+    if (c < 4) c = 4;
+    return c < n_tok ? c : (n_tok > 0 ? n_tok : 1);
+}
+
+#endif /* PQ_X86_COMMON_H */

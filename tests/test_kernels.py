@@ -1,0 +1,254 @@
+"""Kernel tables: the scalar gemm against float64 numpy, every SIMD variant
+against the scalar twin, the attention helpers, and dispatch.
+
+Tolerances: every kernel output is a float32 sum of products, so its error
+against the exact value is bounded by gamma * sum|terms| with
+gamma = (n_terms + 4) * 2**-23 (a loose form of the classic n*u bound that
+holds for any summation order). sum|terms| is computed in float64 from the
+dequantized operands and enters each check as its atol; rtol is 1e-6.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pyllama_q._pq import ffi, lib
+
+WTYPES = {
+    "F32": lib.PQ_TYPE_F32,
+    "F16": lib.PQ_TYPE_F16,
+    "BF16": lib.PQ_TYPE_BF16,
+    "Q4_0": lib.PQ_TYPE_Q4_0,
+    "Q4_1": lib.PQ_TYPE_Q4_1,
+    "Q8_0": lib.PQ_TYPE_Q8_0,
+}
+ACT = {"Q4_0": lib.PQ_TYPE_Q8_0, "Q8_0": lib.PQ_TYPE_Q8_0, "Q4_1": lib.PQ_TYPE_Q8_1}
+SIMD = ["avx2", "avx512", "avx512vnni", "neon"]
+AVAILABLE = ffi.string(lib.pq_kernels_available()).decode().split()
+RTOL = 1e-6
+
+
+def _ptr(a, t):
+    return ffi.cast(t, a.ctypes.data)
+
+
+def row_bytes(ptype, cols):
+    return cols // lib.pq_type_block_size(ptype) * lib.pq_type_block_bytes(ptype)
+
+
+def quantize(ptype, x):
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.zeros((x.shape[0], row_bytes(ptype, x.shape[1])), dtype=np.uint8)
+    assert lib.pq_quantize(ptype, _ptr(x, "float *"), _ptr(out, "void *"), *x.shape) == 0
+    return out
+
+
+def dequantize(ptype, q, rows, cols):
+    out = np.full((rows, cols), np.nan, dtype=np.float32)
+    assert lib.pq_dequantize(ptype, _ptr(q, "void *"), _ptr(out, "float *"), rows, cols) == 0
+    return out
+
+
+def matmul(variant, wtype, W, rows, cols, X, r0=None, r1=None):
+    """Y (n_tok, rows), pre-filled with NaN so an unwritten element fails."""
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    Y = np.full((X.shape[0], rows), np.nan, dtype=np.float32)
+    v = ffi.NULL if variant is None else variant.encode()
+    if r0 is None:
+        st = lib.pq_kernel_matmul(v, wtype, _ptr(W, "void *"), rows, cols,
+                                  _ptr(X, "float *"), X.shape[0], _ptr(Y, "float *"))
+    else:
+        st = lib.pq_kernel_matmul_rows(v, wtype, _ptr(W, "void *"), rows, cols,
+                                       _ptr(X, "float *"), X.shape[0], _ptr(Y, "float *"),
+                                       r0, r1)
+    assert st == lib.PQ_OK, ffi.string(lib.pq_status_str(st)).decode()
+    return Y
+
+
+def make_case(name, rows, cols, n_tok, seed):
+    """Weights in format `name`, activations X, and the float64 reference
+    parts: the exact product of the dequantized operands and sum|terms|."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    w[rows // 2] *= 1e-3                      # rows of very different scale
+    X = (rng.standard_normal((n_tok, cols)) * rng.uniform(0.1, 10, (n_tok, 1))).astype(np.float32)
+    if n_tok > 1:
+        X[1, : min(cols, 64)] = 0.0           # whole zero activation blocks
+    wt = WTYPES[name]
+    if name == "F16":
+        W = w.astype(np.float16).view(np.uint8).reshape(rows, -1)
+    else:
+        W = quantize(wt, w)
+    Wd = dequantize(wt, W, rows, cols).astype(np.float64)
+    extra = 0.0
+    if name in ACT:
+        Xq = quantize(ACT[name], X)
+        Xd = dequantize(ACT[name], Xq, n_tok, cols).astype(np.float64)
+        if name == "Q4_1":
+            # The kernel uses the stored s = fp16(dx * sum q) for the minimum's
+            # term: allow its fp16 rounding, |m| * |s| * 2**-11 per block.
+            m = W.reshape(rows, -1, 20)[:, :, 2:4].copy().view(np.float16)[..., 0]
+            s = Xq.reshape(n_tok, -1, 36)[:, :, 2:4].copy().view(np.float16)[..., 0]
+            extra = (np.abs(s.astype(np.float64)) @ np.abs(m.astype(np.float64)).T) * 2.0**-11
+    else:
+        Xd = X.astype(np.float64)
+    ref = Xd @ Wd.T
+    n_terms = cols if name in ("F32", "F16", "BF16") else cols // 32
+    atol = (n_terms + 4) * 2.0**-23 * (np.abs(Xd) @ np.abs(Wd).T) + extra + 1e-30
+    return W, X, ref, atol
+
+
+def assert_close(got, ref, atol, what):
+    assert not np.isnan(got).any(), f"{what}: unwritten (NaN) outputs"
+    err = np.abs(got.astype(np.float64) - ref)
+    bad = err > atol + RTOL * np.abs(ref)
+    if bad.any():
+        i = np.argwhere(bad)[0]
+        raise AssertionError(f"{what}: {bad.sum()} elements off, first at (tok,row)={tuple(i)}: "
+                             f"got {got[tuple(i)]!r} ref {ref[tuple(i)]!r} atol {atol[tuple(i)]:.3g}")
+
+
+# (rows, cols, n_tok): rows not multiples of 4/8/16, odd token counts.
+SHAPES = [(1, 32, 1), (3, 64, 2), (5, 96, 3), (13, 256, 5), (37, 4096, 1),
+          (19, 544, 7), (11, 2048, 17), (6, 1024, 4), (33, 160, 8)]
+FLOAT_ONLY_SHAPES = [(3, 7, 1), (5, 33, 3), (9, 100, 5), (2, 1, 2), (17, 515, 9)]
+
+
+def shapes_for(name):
+    return SHAPES + (FLOAT_ONLY_SHAPES if name in ("F32", "F16", "BF16") else [])
+
+
+@pytest.mark.parametrize("name", sorted(WTYPES))
+def test_scalar_gemm_against_float64(name):
+    for i, (rows, cols, n_tok) in enumerate(shapes_for(name)):
+        W, X, ref, atol = make_case(name, rows, cols, n_tok, seed=i)
+        Y = matmul("scalar", WTYPES[name], W, rows, cols, X)
+        assert_close(Y, ref, atol, f"scalar {name} {rows}x{cols} n_tok={n_tok}")
+
+
+@pytest.mark.parametrize("variant", SIMD)
+@pytest.mark.parametrize("name", sorted(WTYPES))
+def test_variant_gemm_against_scalar(variant, name):
+    if variant not in AVAILABLE:
+        pytest.skip(f"{variant} not available here ({' '.join(AVAILABLE)})")
+    for i, (rows, cols, n_tok) in enumerate(shapes_for(name)):
+        W, X, ref, atol = make_case(name, rows, cols, n_tok, seed=100 + i)
+        want = matmul("scalar", WTYPES[name], W, rows, cols, X)
+        got = matmul(variant, WTYPES[name], W, rows, cols, X)
+        # Both are within atol of the exact value, so within 2*atol of each other.
+        assert_close(got, want.astype(np.float64), 2 * atol, f"{variant} {name} {rows}x{cols} n_tok={n_tok}")
+        assert_close(got, ref, atol, f"{variant} {name} {rows}x{cols} n_tok={n_tok} vs float64")
+
+
+@pytest.mark.parametrize("variant", ["scalar"] + SIMD)
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q8_0", "F16"])
+def test_row_range_writes_only_its_rows(variant, name):
+    if variant not in AVAILABLE:
+        pytest.skip(f"{variant} not available here")
+    rows, cols, n_tok = 23, 320, 6
+    W, X, ref, atol = make_case(name, rows, cols, n_tok, seed=7)
+    for r0, r1 in [(0, 23), (3, 11), (5, 6), (9, 23), (4, 4)]:
+        Y = matmul(variant, WTYPES[name], W, rows, cols, X, r0, r1)
+        assert np.isnan(Y[:, :r0]).all() and np.isnan(Y[:, r1:]).all(), (r0, r1)
+        assert_close(Y[:, r0:r1], ref[:, r0:r1], atol[:, r0:r1], f"{variant} {name} rows [{r0},{r1})")
+
+
+@pytest.mark.parametrize("variant", ["scalar"] + SIMD)
+def test_dot_and_axpy(variant):
+    if variant not in AVAILABLE:
+        pytest.skip(f"{variant} not available here")
+    rng = np.random.default_rng(1)
+    v = variant.encode()
+    for n in (0, 1, 7, 8, 15, 16, 33, 64, 100, 257):
+        a32 = rng.standard_normal(n).astype(np.float32)
+        a16 = a32.astype(np.float16)
+        b = rng.standard_normal(n).astype(np.float32)
+        for t, a in ((lib.PQ_TYPE_F32, a32), (lib.PQ_TYPE_F16, a16)):
+            a = np.ascontiguousarray(a)
+            out = ffi.new("float *", float("nan"))
+            assert lib.pq_kernel_dot(v, t, _ptr(a, "void *"), _ptr(b, "float *"), n, out) == 0
+            ad = a.astype(np.float64)
+            ref, atol = ad @ b, (n + 4) * 2.0**-23 * (np.abs(ad) @ np.abs(b)) + 1e-30
+            assert abs(out[0] - ref) <= atol + RTOL * abs(ref), (variant, t, n, out[0], ref)
+            y = rng.standard_normal(n).astype(np.float32)
+            y0 = y.astype(np.float64)
+            alpha = np.float32(-0.37)
+            assert lib.pq_kernel_axpy(v, t, alpha, _ptr(a, "void *"), _ptr(y, "float *"), n) == 0
+            ref = y0 + float(alpha) * ad
+            # one product and one sum, each rounded (or one fused rounding)
+            tol = 2.0**-23 * (np.abs(y0) + abs(float(alpha)) * np.abs(ad))
+            assert (np.abs(y - ref) <= tol + 1e-30).all(), (variant, t, n)
+
+
+def test_force_scalar_env_selects_scalar():
+    code = "from pyllama_q._pq import ffi, lib; print(ffi.string(lib.pq_kernels_active()).decode())"
+    env = dict(os.environ, PQ_FORCE_SCALAR="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "scalar"
+
+
+def test_select_and_available():
+    assert "scalar" in AVAILABLE
+    before = ffi.string(lib.pq_kernels_active()).decode()
+    assert before in AVAILABLE
+    assert lib.pq_kernels_select(b"no-such-variant") == lib.PQ_ERR_UNSUPPORTED
+    for v in SIMD:
+        if v not in AVAILABLE:
+            assert lib.pq_kernels_select(v.encode()) == lib.PQ_ERR_UNSUPPORTED
+    try:
+        assert lib.pq_kernels_select(b"scalar") == lib.PQ_OK
+        assert ffi.string(lib.pq_kernels_active()) == b"scalar"
+    finally:
+        assert lib.pq_kernels_select(before.encode()) == lib.PQ_OK
+
+
+def test_best_variant_chosen_by_default():
+    if os.environ.get("PQ_FORCE_SCALAR") not in (None, "", "0"):
+        pytest.skip("PQ_FORCE_SCALAR set")
+    feats = ffi.string(lib.pq_cpu_features()).decode().split()
+    code = "from pyllama_q._pq import ffi, lib; print(ffi.string(lib.pq_kernels_active()).decode())"
+    env = {k: v for k, v in os.environ.items() if k != "PQ_FORCE_SCALAR"}
+    active = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    best = next(v for v in ["avx512vnni", "avx512", "avx2", "neon", "scalar"] if v in AVAILABLE)
+    assert active == best, (active, AVAILABLE, feats)
+
+
+def test_matmul_bad_arguments():
+    W = np.zeros(64, dtype=np.uint8)
+    X = np.zeros(64, dtype=np.float32)
+    Y = np.zeros(4, dtype=np.float32)
+    w, x, y = _ptr(W, "void *"), _ptr(X, "float *"), _ptr(Y, "float *")
+    assert lib.pq_kernel_matmul(b"scalar", 77, w, 1, 32, x, 1, y) == lib.PQ_ERR_TYPE
+    assert lib.pq_kernel_matmul(b"scalar", lib.PQ_TYPE_Q8_1, w, 1, 32, x, 1, y) == lib.PQ_ERR_TYPE
+    assert lib.pq_kernel_matmul(b"scalar", lib.PQ_TYPE_Q4_0, w, 1, 40, x, 1, y) == lib.PQ_ERR_SHAPE
+    assert lib.pq_kernel_matmul(b"bogus", lib.PQ_TYPE_Q4_0, w, 1, 32, x, 1, y) == lib.PQ_ERR_UNSUPPORTED
+    assert lib.pq_kernel_matmul_rows(b"scalar", lib.PQ_TYPE_Q4_0, w, 2, 32, x, 1, y, 1, 3) == lib.PQ_ERR_ARG
+
+
+@pytest.mark.parametrize("variant", ["scalar"] + SIMD)
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q8_0", "F16"])
+def test_quantize_act_bit_exact_with_reference(variant, name):
+    """Each variant's activation quantizer writes the same bytes as the
+    reference encoder (pq_quantize of the partner type), including values
+    that land exactly on .5 after scaling (round half away from zero)."""
+    if variant not in AVAILABLE:
+        pytest.skip(f"{variant} not available here")
+    rng = np.random.default_rng(4)
+    rows, cols = 6, 512
+    x = (rng.standard_normal((rows, cols)) * rng.uniform(1e-3, 1e3, (rows, 1))).astype(np.float32)
+    x[1] = rng.integers(-254, 255, cols) / 2.0     # ties: amax 127 -> id 1
+    x[1, ::32] = 127.0
+    x[2, :64] = 0.0
+    x[3, 5::32] = -1e4                                  # outliers
+    at = ACT.get(name, lib.PQ_TYPE_F32)
+    ref = quantize(at, x)
+    got = np.full_like(ref, 0xAB)
+    st = lib.pq_kernel_quantize_act(variant.encode(), WTYPES[name], _ptr(x, "float *"),
+                                    _ptr(got, "void *"), rows, cols)
+    assert st == lib.PQ_OK
+    bad = np.nonzero((got != ref).any(axis=1))[0]
+    assert bad.size == 0, f"{variant} {name}: rows {bad.tolist()} differ from the reference"
