@@ -23,6 +23,7 @@
 
 #include "kernels.h"
 #include "quants.h"
+#include "quants_ref.h"
 
 /* ---- type helpers -------------------------------------------------------- */
 

@@ -167,12 +167,12 @@ AI void tile_q(const int kind, const int vnni, const int R, const int T, int64_t
                const char *w, size_t ws, const char *x, size_t xs, float *y, int64_t ldy) {
     const size_t wbs = kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : 34;
     const size_t xbs = kind == K_Q4_1 ? 36 : 34;
-    __m512 acc[4][4];
+    __m512 acc[8][4];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
-        wpair wp[4];
+        wpair wp[8];
         for (int r = 0; r < R; r++) wp[r] = load_w(kind, vnni, 1, w + r * ws + b * wbs);
         for (int t = 0; t < T; t++) {
             const xpair xp = load_x(kind, vnni, 1, x + t * xs + b * xbs);
@@ -180,7 +180,7 @@ AI void tile_q(const int kind, const int vnni, const int R, const int T, int64_t
         }
     }
     if (b < nb) { /* odd block count: the last block alone, the pair's second half zero */
-        wpair wp[4];
+        wpair wp[8];
         for (int r = 0; r < R; r++) wp[r] = load_w(kind, vnni, 0, w + r * ws + b * wbs);
         for (int t = 0; t < T; t++) {
             const xpair xp = load_x(kind, vnni, 0, x + t * xs + b * xbs);
@@ -211,6 +211,9 @@ AI void gemm_q(const int kind, const int vnni, int64_t cols, const void *W, size
         const int64_t tn = n_tok - t0 < chunk ? n_tok - t0 : chunk;
         const char *x = (const char *)X + t0 * xs;
         int64_t r = r0;
+        if (tn == 1) /* decode: 8 rows share each activation block pair */
+            for (; r + 8 <= r1; r += 8)
+                tile_q(kind, vnni, 8, 1, nb, (const char *)W + r * ws, ws, x, xs, Y + t0 * ldy + r, ldy);
         for (; r + 4 <= r1; r += 4)
             for (int64_t t = 0; t < tn; t += 4)
                 tile_q_tokens(kind, vnni, 4, (int)(tn - t < 4 ? tn - t : 4), nb,

@@ -5,6 +5,8 @@ SIMD C inside (one call per forward step, a persistent thread pool).
 """
 from .errors import (PQError, FormatError, UnsupportedError, ContextFullError,
                      CancelledError, StateError)
+from .sampling import Sampler, SamplerParams
+from .api import Chunk, GenerationStats, Model, Session, load
 
 __version__ = "0.1.0"
 

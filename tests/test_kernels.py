@@ -144,10 +144,11 @@ def test_variant_gemm_against_scalar(variant, name):
 
 @pytest.mark.parametrize("variant", ["scalar"] + SIMD)
 @pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q8_0", "F16"])
-def test_row_range_writes_only_its_rows(variant, name):
+@pytest.mark.parametrize("n_tok", [1, 6])
+def test_row_range_writes_only_its_rows(variant, name, n_tok):
     if variant not in AVAILABLE:
         pytest.skip(f"{variant} not available here")
-    rows, cols, n_tok = 23, 320, 6
+    rows, cols = 23, 320
     W, X, ref, atol = make_case(name, rows, cols, n_tok, seed=7)
     for r0, r1 in [(0, 23), (3, 11), (5, 6), (9, 23), (4, 4)]:
         Y = matmul(variant, WTYPES[name], W, rows, cols, X, r0, r1)
@@ -252,3 +253,34 @@ def test_quantize_act_bit_exact_with_reference(variant, name):
     assert st == lib.PQ_OK
     bad = np.nonzero((got != ref).any(axis=1))[0]
     assert bad.size == 0, f"{variant} {name}: rows {bad.tolist()} differ from the reference"
+
+
+@pytest.mark.parametrize("variant", SIMD)
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q8_0"])
+def test_extreme_block_bytes(variant, name):
+    """Arbitrary block bytes (every nibble value, Q8_0 weights of -128 that
+    ggml's encoder never writes but a file may hold) against activations that
+    hit +-127: no int16 saturation in any variant."""
+    if variant not in AVAILABLE:
+        pytest.skip(f"{variant} not available here")
+    rng = np.random.default_rng(8)
+    rows, cols, n_tok = 21, 512, 5
+    bb = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}[name]
+    W = rng.integers(0, 256, size=(rows, cols // 32, bb), dtype=np.uint8)
+    W[:3, :, 2:] = 0x80 if name == "Q8_0" else 0xFF      # -128 / all nibbles 15
+    W[3:5, :, 2:] = 0x7F if name == "Q8_0" else 0x00     # 127 / all nibbles 0
+    nscal = 2 if name == "Q4_1" else 1
+    scales = rng.uniform(-0.05, 0.05, size=(rows, cols // 32, nscal)).astype(np.float16)
+    W[:, :, : 2 * nscal] = scales.view(np.uint8).reshape(rows, cols // 32, 2 * nscal)
+    W = np.ascontiguousarray(W.reshape(rows, -1))
+    X = np.sign(rng.standard_normal((n_tok, cols))).astype(np.float32) * 3.0  # all |q| = 127
+    X[1] = rng.standard_normal(cols)
+    want = matmul("scalar", WTYPES[name], W, rows, cols, X)
+    got = matmul(variant, WTYPES[name], W, rows, cols, X)
+    Wd = dequantize(WTYPES[name], W, rows, cols).astype(np.float64)
+    Xd = dequantize(ACT[name], quantize(ACT[name], X), n_tok, cols).astype(np.float64)
+    atol = 2 * (cols // 32 + 4) * 2.0**-23 * (np.abs(Xd) @ np.abs(Wd).T) + 1e-30
+    if name == "Q4_1":
+        # m*s terms are not all inside |Wd| @ |Xd| (d*q + m may cancel): allow them
+        atol = atol + 2.0**-10 * (np.abs(Xd) @ np.abs(Wd).T)
+    assert_close(got, want.astype(np.float64), atol, f"{variant} {name} extreme bytes")

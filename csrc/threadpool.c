@@ -1,0 +1,242 @@
+/* threadpool.c: the persistent worker pool behind pq_model (see threadpool.h).
+ *
+ * What it is: pthreads that wait for a job generation counter to change, run
+ * the job, and report back through an atomic counter. Between jobs a worker
+ * spins briefly (decode calls come back within microseconds) and then sleeps
+ * on a condition variable, so an idle model burns no CPU. What it is not: a
+ * scheduler; work splitting is the caller's business (forward.c).
+ *
+ * The machine may be oversubscribed (more runnable threads than cores), so
+ * every spin loop yields the CPU after a while instead of burning a time slice
+ * another worker of ours needs in order to reach the same barrier.
+ */
+#define _GNU_SOURCE
+#include "threadpool.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "pq.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static inline void cpu_relax(void) { _mm_pause(); }
+#elif defined(__aarch64__)
+static inline void cpu_relax(void) { __asm__ __volatile__("yield"); }
+#else
+static inline void cpu_relax(void) {}
+#endif
+
+enum {
+    SPINS_BEFORE_YIELD = 1 << 10, /* pause-loops before sched_yield in waits */
+    IDLE_SPINS = 1 << 14          /* polls after a job before sleeping */
+};
+
+typedef struct {
+    pq_pool *pool;
+    int ith;
+    pthread_t tid;
+} pq_worker;
+
+struct pq_pool {
+    int n;                       /* workers including the caller */
+    pq_worker *workers;          /* [1, n): the started threads */
+    int n_started;
+
+    /* The current job; written by worker 0 before it bumps job_gen. */
+    pq_pool_fn fn;
+    void *arg;
+    atomic_uint job_gen;         /* bumped once per dispatch */
+    atomic_int pending;          /* workers (other than 0) still running */
+    atomic_int quit;
+
+    /* Sleeping workers wait here for job_gen to change. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_int n_sleeping;
+
+    /* The barrier: arrivals count up to n, the last one bumps bar_gen. */
+    atomic_int bar_count;
+    atomic_uint bar_gen;
+};
+
+/* Wait, spinning then yielding, until *gen differs from seen. */
+static inline void spin_until_changed(atomic_uint *gen, unsigned seen) {
+    unsigned spins = 0;
+    while (atomic_load_explicit(gen, memory_order_acquire) == seen) {
+        cpu_relax();
+        if (++spins >= SPINS_BEFORE_YIELD) {
+            sched_yield();
+            spins = 0;
+        }
+    }
+}
+
+void pq_pool_barrier(pq_pool *p) {
+    if (p->n == 1) return;
+    unsigned gen = atomic_load(&p->bar_gen);
+    if (atomic_fetch_add(&p->bar_count, 1) == p->n - 1) {
+        /* Last to arrive: reset the count before releasing the others, who
+         * may arrive at the next barrier straight away. */
+        atomic_store(&p->bar_count, 0);
+        atomic_fetch_add(&p->bar_gen, 1);
+    } else {
+        spin_until_changed(&p->bar_gen, gen);
+    }
+}
+
+static void *worker_main(void *varg) {
+    pq_worker *w = varg;
+    pq_pool *p = w->pool;
+    unsigned seen = 0; /* job_gen starts at 0 */
+    for (;;) {
+        /* Poll for a new job for a while, then sleep on the condvar. The
+         * n_sleeping / job_gen pair is sequentially consistent so either we
+         * see the new generation or the dispatcher sees us sleeping. */
+        unsigned spins = 0;
+        while (atomic_load(&p->job_gen) == seen && !atomic_load(&p->quit)) {
+            cpu_relax();
+            if (++spins % SPINS_BEFORE_YIELD == 0) sched_yield();
+            if (spins >= IDLE_SPINS) {
+                pthread_mutex_lock(&p->mu);
+                atomic_fetch_add(&p->n_sleeping, 1);
+                while (atomic_load(&p->job_gen) == seen && !atomic_load(&p->quit))
+                    pthread_cond_wait(&p->cv, &p->mu);
+                atomic_fetch_sub(&p->n_sleeping, 1);
+                pthread_mutex_unlock(&p->mu);
+                break;
+            }
+        }
+        if (atomic_load(&p->quit)) break;
+        seen = atomic_load(&p->job_gen);
+        p->fn(p->arg, w->ith, p->n);
+        atomic_fetch_sub(&p->pending, 1);
+    }
+    return NULL;
+}
+
+void pq_pool_run(pq_pool *p, pq_pool_fn fn, void *arg) {
+    if (p->n == 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    p->fn = fn;
+    p->arg = arg;
+    atomic_store(&p->pending, p->n - 1);
+    atomic_fetch_add(&p->job_gen, 1); /* publishes fn/arg (seq_cst) */
+    if (atomic_load(&p->n_sleeping) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+    fn(arg, 0, p->n);
+    unsigned spins = 0;
+    while (atomic_load(&p->pending) > 0) {
+        cpu_relax();
+        if (++spins >= SPINS_BEFORE_YIELD) {
+            sched_yield();
+            spins = 0;
+        }
+    }
+}
+
+int pq_pool_size(const pq_pool *p) { return p->n; }
+
+static void stop_workers(pq_pool *p) {
+    atomic_store(&p->quit, 1);
+    pthread_mutex_lock(&p->mu);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i <= p->n_started; i++) pthread_join(p->workers[i].tid, NULL);
+    p->n_started = 0;
+}
+
+int pq_pool_init(pq_pool **out, int n_threads) {
+    *out = NULL;
+    if (n_threads <= 0) n_threads = pq_physical_cores();
+    if (n_threads > 1024) return PQ_ERR_ARG;
+    pq_pool *p = calloc(1, sizeof *p);
+    if (!p) return PQ_ERR_NOMEM;
+    p->n = n_threads;
+    p->workers = calloc((size_t)n_threads, sizeof *p->workers);
+    if (!p->workers) {
+        free(p);
+        return PQ_ERR_NOMEM;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    for (int i = 1; i < n_threads; i++) {
+        p->workers[i].pool = p;
+        p->workers[i].ith = i;
+        if (pthread_create(&p->workers[i].tid, NULL, worker_main, &p->workers[i]) != 0) {
+            pq_pool_free(p);
+            return PQ_ERR_THREAD;
+        }
+        p->n_started = i;
+    }
+    *out = p;
+    return PQ_OK;
+}
+
+void pq_pool_free(pq_pool *p) {
+    if (!p) return;
+    stop_workers(p);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p->workers);
+    free(p);
+}
+
+/* ---- core counting ------------------------------------------------------ */
+
+static int read_int_file(const char *path, int *v) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    int ok = fscanf(f, "%d", v) == 1;
+    fclose(f);
+    return ok;
+}
+
+/* Unique (physical_package_id, core_id) pairs under /sys, or 0. */
+static int cores_from_sysfs(void) {
+    enum { MAX_CPUS = 4096 };
+    long long seen[MAX_CPUS]; /* 32 KiB of stack, init path only */
+    int n_seen = 0;
+    for (int cpu = 0; cpu < MAX_CPUS; cpu++) {
+        char path[128];
+        int pkg, core;
+        snprintf(path, sizeof path,
+                 "/sys/devices/system/cpu/cpu%d/topology/physical_package_id", cpu);
+        if (!read_int_file(path, &pkg)) {
+            if (cpu == 0) return 0;
+            break;
+        }
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/core_id", cpu);
+        if (!read_int_file(path, &core)) return 0;
+        long long key = ((long long)pkg << 32) | (unsigned)core;
+        int dup = 0;
+        for (int i = 0; i < n_seen && !dup; i++) dup = seen[i] == key;
+        if (!dup) seen[n_seen++] = key;
+    }
+    return n_seen;
+}
+
+int pq_physical_cores(void) {
+    int n = 0;
+#ifdef __linux__
+    n = cores_from_sysfs();
+    /* A process restricted to fewer CPUs (taskset, cgroups) gets no more. */
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int allowed = CPU_COUNT(&set);
+        if (allowed > 0 && (n <= 0 || allowed < n)) n = allowed;
+    }
+#endif
+    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? n : 1;
+}

@@ -1,0 +1,134 @@
+/* neon_check.c: cross-test driver for the NEON kernel table.
+ *
+ * Built with aarch64-linux-gnu-gcc -static together with the kernel files of
+ * csrc/ and run under qemu-aarch64 by tests/neon/test_neon.py. Checks every
+ * NEON gemm against the scalar twin on odd shapes (tolerance: both are
+ * within (n_terms+4)*2^-23*sum|terms| of the exact value), the activation
+ * quantizers byte for byte, and dot/axpy against float64. Prints one line per
+ * failure and "ok <checks>" at the end; exit status 1 on any failure.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "pq.h"
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
+static double urand(void) { /* xorshift64*, uniform in [0, 1) */
+    rng_state ^= rng_state >> 12; rng_state ^= rng_state << 25; rng_state ^= rng_state >> 27;
+    return (double)((rng_state * 0x2545f4914f6cdd1dULL) >> 11) / 9007199254740992.0;
+}
+static float nrand(void) { /* roughly normal */
+    return (float)((urand() + urand() + urand() + urand() - 2.0) * 1.7);
+}
+
+static int failures, checks;
+
+static void check_gemm(int wtype, const char *name, int64_t rows, int64_t cols, int64_t n_tok) {
+    const size_t wrb = pq_row_bytes(wtype, cols);
+    const int at = pq_act_type(wtype);
+    const size_t xrb = pq_act_row_bytes(wtype, cols);
+    float *w = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * n_tok * cols);
+    float *wd = malloc(sizeof(float) * rows * cols), *xd = malloc(sizeof(float) * n_tok * cols);
+    unsigned char *W = malloc(wrb * rows), *XQ = malloc(xrb * n_tok);
+    float *ys = malloc(sizeof(float) * rows * n_tok), *yn = malloc(sizeof(float) * rows * n_tok);
+    for (int64_t i = 0; i < rows * cols; i++) w[i] = nrand() * (i / cols == rows / 2 ? 1e-3f : 1.0f);
+    for (int64_t i = 0; i < n_tok * cols; i++) x[i] = nrand() * (float)(1 + i / cols);
+    pq_quantize(wtype, w, W, rows, cols);
+    pq_dequantize(wtype, W, wd, rows, cols);
+    pq_kernel_quantize_act("scalar", wtype, x, XQ, n_tok, cols);
+    pq_dequantize(at, XQ, xd, n_tok, cols);
+    for (int64_t i = 0; i < rows * n_tok; i++) ys[i] = yn[i] = NAN;
+    pq_kernel_matmul("scalar", wtype, W, rows, cols, x, n_tok, ys);
+    pq_kernel_matmul("neon", wtype, W, rows, cols, x, n_tok, yn);
+    const int64_t n_terms = (wtype == PQ_TYPE_F32 || wtype == PQ_TYPE_F16 || wtype == PQ_TYPE_BF16) ? cols : cols / 32;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = 0; r < rows; r++) {
+            double abs_sum = 0.0;
+            for (int64_t j = 0; j < cols; j++) abs_sum += fabs((double)wd[r * cols + j] * xd[t * cols + j]);
+            /* Q4_1's s term is fp16-rounded in both; they share it, so no extra */
+            const double tol = 2.0 * (n_terms + 4) * ldexp(1.0, -23) * abs_sum + 1e-30;
+            const double a = ys[t * rows + r], b = yn[t * rows + r];
+            checks++;
+            if (!(fabs(a - b) <= tol + 1e-6 * fabs(a))) {
+                failures++;
+                printf("FAIL gemm %s %lldx%lld n_tok=%lld at (t=%lld,r=%lld): scalar %.9g neon %.9g tol %.3g\n",
+                       name, (long long)rows, (long long)cols, (long long)n_tok, (long long)t,
+                       (long long)r, a, b, tol);
+                t = n_tok; break;
+            }
+        }
+    /* the activation quantizer must write the reference bytes */
+    unsigned char *XN = malloc(xrb * n_tok);
+    pq_kernel_quantize_act("neon", wtype, x, XN, n_tok, cols);
+    checks++;
+    if (memcmp(XN, XQ, xrb * n_tok) != 0) {
+        failures++;
+        printf("FAIL quantize_act %s cols=%lld\n", name, (long long)cols);
+    }
+    free(XN); free(w); free(x); free(wd); free(xd); free(W); free(XQ); free(ys); free(yn);
+}
+
+static void check_vec(void) {
+    static const int64_t ns[] = {0, 1, 3, 4, 7, 8, 9, 16, 31, 100, 257};
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+        const int64_t n = ns[k];
+        float a[260], b[260], y[260], y0[260];
+        uint16_t h[260];
+        for (int64_t i = 0; i < n; i++) { a[i] = nrand(); b[i] = nrand(); y0[i] = nrand(); }
+        pq_quantize(PQ_TYPE_F16, a, h, 1, n);
+        float ah[260];
+        pq_dequantize(PQ_TYPE_F16, h, ah, 1, n);
+        for (int typ = 0; typ < 2; typ++) {
+            const float *av = typ ? ah : a;
+            const void *ap = typ ? (const void *)h : (const void *)a;
+            const int type = typ ? PQ_TYPE_F16 : PQ_TYPE_F32;
+            double ref = 0, abs_sum = 0;
+            for (int64_t i = 0; i < n; i++) { ref += (double)av[i] * b[i]; abs_sum += fabs((double)av[i] * b[i]); }
+            float out = NAN;
+            pq_kernel_dot("neon", type, ap, b, n, &out);
+            checks++;
+            if (!(fabs(out - ref) <= (n + 4) * ldexp(1.0, -23) * abs_sum + 1e-30)) {
+                failures++;
+                printf("FAIL dot type=%d n=%lld: %.9g vs %.9g\n", type, (long long)n, out, ref);
+            }
+            memcpy(y, y0, sizeof(float) * n);
+            pq_kernel_axpy("neon", type, -0.37f, ap, y, n);
+            for (int64_t i = 0; i < n; i++) {
+                const double r = y0[i] + (double)-0.37f * av[i];
+                checks++;
+                if (!(fabs(y[i] - r) <= ldexp(1.0, -23) * (fabs(y0[i]) + 0.37 * fabs(av[i])) + 1e-30)) {
+                    failures++;
+                    printf("FAIL axpy type=%d n=%lld i=%lld\n", type, (long long)n, (long long)i);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+int main(void) {
+    if (pq_kernels_select("neon") != PQ_OK) {
+        printf("FAIL neon table not available (features: %s)\n", pq_cpu_features());
+        return 1;
+    }
+    printf("features: %s; available: %s\n", pq_cpu_features(), pq_kernels_available());
+    static const struct { int type; const char *name; } types[] = {
+        {PQ_TYPE_Q4_0, "Q4_0"}, {PQ_TYPE_Q4_1, "Q4_1"}, {PQ_TYPE_Q8_0, "Q8_0"},
+        {PQ_TYPE_F32, "F32"}, {PQ_TYPE_F16, "F16"}, {PQ_TYPE_BF16, "BF16"}};
+    static const int64_t shapes[][3] = {{1, 32, 1}, {3, 64, 2}, {5, 96, 3}, {13, 256, 5},
+                                        {7, 4096, 1}, {19, 544, 7}, {11, 2048, 17}, {6, 160, 4}};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            check_gemm(types[i].type, types[i].name, shapes[s][0], shapes[s][1], shapes[s][2]);
+    for (size_t i = 3; i < 6; i++) { /* float weights: any column count */
+        check_gemm(types[i].type, types[i].name, 3, 7, 2);
+        check_gemm(types[i].type, types[i].name, 5, 33, 5);
+    }
+    check_vec();
+    printf("%s %d checks, %d failures\n", failures ? "FAILED" : "ok", checks, failures);
+    return failures ? 1 : 0;
+}
