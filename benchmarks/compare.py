@@ -33,10 +33,10 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 ENGINE_ORDER = ["pq", "llama.cpp"]
-# Bounded defaults for files whose full pp512/tg128 x reps would not fit the
-# 15-minute budget on 2 shared cores (decode of 7B is the memory-bound case).
-BIG_MODEL_BYTES = 2e9
-BIG_DEFAULTS = {"pp": 128, "tg": 16, "reps": 1}
+# Defaults by file size, so that a run of the standard set stays near 15
+# minutes on 2 cores: (largest file bytes, pp, tg, reps). 7B is there for its
+# memory-bound decode, so its prompt is shortened and it runs once.
+TIERS = [(0.5e9, 512, 128, 3), (2e9, 512, 128, 2), (float("inf"), 128, 16, 1)]
 
 
 # ---- worker: one engine, one model, one thread count -------------------------
@@ -92,19 +92,21 @@ def run_worker(engine, path, threads, pp, tg, reps):
             res["pp_cpu_share"].append(share(c0, dt))
     if tg > 0:
         res["tg_s"], res["tg_cpu_share"] = [], []
+        with_c = hasattr(eng, "decode_c")
         for _ in range(reps):
             c0 = cpu()
             dt, toks = eng.decode(first, tg, timer)
             res["tg_s"].append(dt)
             res["tg_cpu_share"].append(share(c0, dt))
+            if with_c:  # right after the Python loop, so both see the same machine load
+                try:
+                    dt, ctoks = eng.decode_c(first, tg, timer)
+                    res.setdefault("tgc_s", []).append(dt)
+                    res["tgc_same_tokens"] = ctoks == toks
+                except NotAvailable as e:
+                    res["tgc_error"] = f"not available: {e}"
+                    with_c = False
         res["tg_tokens"] = toks
-        if hasattr(eng, "decode_c"):
-            try:
-                cruns = [eng.decode_c(first, tg, timer) for _ in range(reps)]
-                res["tgc_s"] = [dt for dt, _ in cruns]
-                res["tgc_same_tokens"] = cruns[0][1] == toks
-            except NotAvailable as e:
-                res["tgc_error"] = f"not available: {e}"
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     eng.close()
     return res
@@ -183,7 +185,12 @@ def run_one(engine, path, threads, pp, tg, reps, timeout):
         return {"engine": engine, "threads": threads, "error": f"timed out after {timeout} s"}
     for line in reversed(r.stdout.splitlines()):
         if line.startswith("RESULT "):
-            return json.loads(line[7:])
+            res = json.loads(line[7:])
+            if engine == "llama.cpp":   # what llama.cpp chose, from its log
+                res["notes"] = ", ".join(
+                    n for n, key in (("weights repacked (CPU_REPACK)", "CPU_REPACK model buffer"),
+                                     ("flash attention", "FLASH_ATTN_EXT")) if key in r.stderr)
+            return res
     last = (r.stderr.strip().splitlines() or ["no output"])[-1]
     return {"engine": engine, "threads": threads,
             "error": f"worker failed (exit {r.returncode}): {last}"}
@@ -276,6 +283,8 @@ def report(meta, rows, bw):
                          f"({100 * (py - c) / py:.1f} %); same tokens: {a.get('tgc_same_tokens')}")
         elif a.get("tgc_error"):
             notes.append(f"- {row['model']}, {row['threads']} thr: C step loop {a['tgc_error']}")
+        if b.get("notes") and row["threads"] == rows[0]["threads"]:
+            notes.append(f"- {row['model']}: llama.cpp used {b['notes']}")
         n = _agree(a.get("tg_tokens"), b.get("tg_tokens"))
         if n is not None:
             notes.append(f"- {row['model']}, {row['threads']} thr: greedy tokens of the two engines "
@@ -302,9 +311,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*", help="GGUF paths or make_models names")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
-    ap.add_argument("--pp", type=int, default=None, help="prompt tokens in the one batch (512)")
-    ap.add_argument("--tg", type=int, default=None, help="tokens generated one at a time (128)")
-    ap.add_argument("--reps", type=int, default=None, help="runs per measurement (3)")
+    ap.add_argument("--pp", type=int, default=None,
+                    help="prompt tokens in the one batch (default by file size, see TIERS)")
+    ap.add_argument("--tg", type=int, default=None, help="tokens generated one at a time")
+    ap.add_argument("--reps", type=int, default=None, help="runs per measurement")
     ap.add_argument("--engines", default="pq,llama.cpp")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per worker")
     ap.add_argument("--md", help="also write the markdown report to this file")
@@ -339,10 +349,11 @@ def main(argv=None):
     bw = {} if args.no_stream else stream_bandwidth(threads)
     rows = []
     for name, path in resolve(args.models):
-        big = os.path.getsize(path) > BIG_MODEL_BYTES
-        pp = args.pp if args.pp is not None else (BIG_DEFAULTS["pp"] if big else 512)
-        tg = args.tg if args.tg is not None else (BIG_DEFAULTS["tg"] if big else 128)
-        reps = args.reps if args.reps is not None else (BIG_DEFAULTS["reps"] if big else 3)
+        size = os.path.getsize(path)
+        _, pp, tg, reps = next(t for t in TIERS if size <= t[0])
+        pp = args.pp if args.pp is not None else pp
+        tg = args.tg if args.tg is not None else tg
+        reps = args.reps if args.reps is not None else reps
         warm_page_cache(path)
         wbytes = weight_bytes_per_token(path)
         for thr in threads:

@@ -143,18 +143,14 @@ class PyllamaQ:
             self.kv = KVContext(self.weights, n_ctx, n_batch=n_batch, kv_type="f16")
         except UnsupportedError as e:
             raise NotAvailable(f"pyllama-q cannot run this yet ({e})") from None
-        self.n_vocab = None   # known after the first eval
+        self.n_vocab = int(self.weights.n_vocab)
         import pyllama_q
 
         self.kernels = pyllama_q.cpu_info()["kernels"]
         self.version = pyllama_q.__version__
 
     def _eval(self, tokens, pos):
-        logits = np.asarray(self.kv.eval(tokens, pos))
-        logits = logits.reshape(-1, logits.shape[-1])[-1]
-        if self.n_vocab is None:
-            self.n_vocab = logits.shape[0]
-        return logits
+        return self.kv.eval(tokens, pos)    # (n_vocab,) f32: the last token's logits
 
     def prefill(self, tokens, timer):
         toks = np.asarray(tokens, dtype=np.int32)
