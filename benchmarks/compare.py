@@ -201,6 +201,14 @@ def _median_tps(res, key, n):
     return n / statistics.median(ts) if ts else None
 
 
+def _per_cpu_tps(res, key, n):
+    """Median over runs of n / (wall x CPU share): tokens/s had the process had
+    its threads' cores to itself (spin-waiting counts as busy)."""
+    xs = [n / (t * c) for t, c in zip(res.get(key + "_s") or [], res.get(key + "_cpu_share") or [])
+          if c]
+    return statistics.median(xs) if xs else None
+
+
 def _median(xs):
     xs = [x for x in (xs or []) if x is not None]
     return statistics.median(xs) if xs else None
@@ -240,12 +248,13 @@ def report(meta, rows, bw):
             f"{t} thread{'s' if t > 1 else ''}: {b:.1f} / {m:.1f} GB/s" for t, (b, m) in bw.items()))
     L.append("")
     L.append("| model | weights/token | thr | engine | load s | peak RSS MB | pp t/s | tg t/s "
-             "| tg % roofline | tg in C t/s | CPU share pp/tg |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+             "| pp t/s per CPU | tg t/s per CPU | tg % roofline | tg in C t/s | CPU share pp/tg |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         m, thr, pp, tg = row["model"], row["threads"], row["pp"], row["tg"]
         roof = bw[thr][0] * 1e9 / row["wbytes"] if bw and thr in bw else None
         by = row["by_engine"]
+        stats = {}
         for eng in ENGINE_ORDER:
             res = by.get(eng)
             if res is None:
@@ -253,23 +262,23 @@ def report(meta, rows, bw):
             label = f"{m} (pp{pp}/tg{tg}, {row['reps']} reps)"
             head = f"| {label} | {row['wbytes'] / 1e6:.0f} MB | {thr} | {eng} "
             if "error" in res:
-                L.append(head + f"| {res['error']} | | | | | | |")
+                L.append(head + "| " + res["error"] + " |" * 12)
                 continue
-            tgt = _median_tps(res, "tg_s", tg)
-            L.append(head + f"| {res['load_s']:.2f} | {res['peak_rss_mb']:.0f} "
-                     f"| {_fmt(_median_tps(res, 'pp_s', pp))} | {_fmt(tgt)} "
-                     f"| {_fmt(_ratio(tgt, roof) and 100 * _ratio(tgt, roof), '.0f')} "
+            st = stats[eng] = {
+                "load": res["load_s"], "rss": res["peak_rss_mb"],
+                "pp": _median_tps(res, "pp_s", pp), "tg": _median_tps(res, "tg_s", tg),
+                "ppn": _per_cpu_tps(res, "pp", pp), "tgn": _per_cpu_tps(res, "tg", tg)}
+            L.append(head + f"| {st['load']:.2f} | {st['rss']:.0f} | {_fmt(st['pp'])} "
+                     f"| {_fmt(st['tg'])} | {_fmt(st['ppn'])} | {_fmt(st['tgn'])} "
+                     f"| {_fmt(_ratio(st['tg'], roof) and 100 * _ratio(st['tg'], roof), '.0f')} "
                      f"| {_fmt(_median_tps(res, 'tgc_s', tg))} "
                      f"| {_fmt(_median(res.get('pp_cpu_share')), '.2f')}/"
                      f"{_fmt(_median(res.get('tg_cpu_share')), '.2f')} |")
-        a, b = by.get("pq", {}), by.get("llama.cpp", {})
-        if "error" not in a and "error" not in b and a and b:
-            L.append(f"| {m} | | {thr} | **ratio pq/llama.cpp** "
-                     f"| {_fmt(_ratio(a['load_s'], b['load_s']), '.2f')} "
-                     f"| {_fmt(_ratio(a['peak_rss_mb'], b['peak_rss_mb']), '.2f')} "
-                     f"| {_fmt(_ratio(_median_tps(a, 'pp_s', pp), _median_tps(b, 'pp_s', pp)), '.2f')} "
-                     f"| {_fmt(_ratio(_median_tps(a, 'tg_s', tg), _median_tps(b, 'tg_s', tg)), '.2f')} "
-                     f"| | | |")
+        if len(stats) == 2:
+            a, b = stats["pq"], stats["llama.cpp"]
+            L.append(f"| {m} | | {thr} | **pq / llama.cpp** | " + " | ".join(
+                _fmt(_ratio(a[k], b[k]), ".2f") for k in ("load", "rss", "pp", "tg", "ppn", "tgn"))
+                + " | | | |")
     L.append("")
     # Python overhead and agreement of the greedy continuations.
     notes = []
