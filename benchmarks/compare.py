@@ -74,7 +74,9 @@ def run_worker(engine, path, threads, pp, tg, reps):
     tokens = rng.integers(100, 31999, size=max(pp, 32)).astype(np.int32).tolist()
     first = tokens[0]
 
-    eng.prefill(tokens[:32], timer)          # warm-up: first touch of weights and scratch
+    # Warm-up, timed: the first evaluation pays for what a lazy (mmap) load left
+    # undone (page faults on every weight, first touch of scratch).
+    res["first_eval_s"] = eng.prefill(tokens[:32], timer)
     eng.decode(first, 2, timer)
     # CPU share = process CPU seconds / (wall seconds x threads): well below 1
     # means the run was preempted by other work on the machine (or its workers sleep).
@@ -98,10 +100,14 @@ def run_worker(engine, path, threads, pp, tg, reps):
             dt, toks = eng.decode(first, tg, timer)
             res["tg_s"].append(dt)
             res["tg_cpu_share"].append(share(c0, dt))
+            if hasattr(eng, "last_in_c"):
+                res.setdefault("tg_in_c_s", []).append(eng.last_in_c)
             if with_c:  # right after the Python loop, so both see the same machine load
                 try:
+                    c0 = cpu()
                     dt, ctoks = eng.decode_c(first, tg, timer)
                     res.setdefault("tgc_s", []).append(dt)
+                    res.setdefault("tgc_cpu_share", []).append(share(c0, dt))
                     res["tgc_same_tokens"] = ctoks == toks
                 except NotAvailable as e:
                     res["tgc_error"] = f"not available: {e}"
@@ -247,7 +253,7 @@ def report(meta, rows, bw):
         L.append("- read bandwidth (stream_read.c, 512 MiB, best / median of 5): " + "; ".join(
             f"{t} thread{'s' if t > 1 else ''}: {b:.1f} / {m:.1f} GB/s" for t, (b, m) in bw.items()))
     L.append("")
-    L.append("| model | weights/token | thr | engine | load s | peak RSS MB | pp t/s | tg t/s "
+    L.append("| model | weights/token | thr | engine | load + 1st eval s | peak RSS MB | pp t/s | tg t/s "
              "| pp t/s per CPU | tg t/s per CPU | tg % roofline | tg in C t/s | CPU share pp/tg |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
@@ -268,7 +274,9 @@ def report(meta, rows, bw):
                 "load": res["load_s"], "rss": res["peak_rss_mb"],
                 "pp": _median_tps(res, "pp_s", pp), "tg": _median_tps(res, "tg_s", tg),
                 "ppn": _per_cpu_tps(res, "pp", pp), "tgn": _per_cpu_tps(res, "tg", tg)}
-            L.append(head + f"| {st['load']:.2f} | {st['rss']:.0f} | {_fmt(st['pp'])} "
+            first = res.get("first_eval_s")
+            L.append(head + f"| {st['load']:.2f}{'' if first is None else f' + {first:.2f}'} "
+                     f"| {st['rss']:.0f} | {_fmt(st['pp'])} "
                      f"| {_fmt(st['tg'])} | {_fmt(st['ppn'])} | {_fmt(st['tgn'])} "
                      f"| {_fmt(_ratio(st['tg'], roof) and 100 * _ratio(st['tg'], roof), '.0f')} "
                      f"| {_fmt(_median_tps(res, 'tgc_s', tg))} "
@@ -285,11 +293,24 @@ def report(meta, rows, bw):
     for row in rows:
         a, b = row["by_engine"].get("pq", {}), row["by_engine"].get("llama.cpp", {})
         if a.get("tg_s") and a.get("tgc_s"):
-            py = statistics.median(a["tg_s"]) / row["tg"]
-            c = statistics.median(a["tgc_s"]) / row["tg"]
-            notes.append(f"- {row['model']}, {row['threads']} thr: Python loop {py * 1e3:.2f} ms/token, "
-                         f"C loop {c * 1e3:.2f} ms/token: Python costs {(py - c) * 1e6:.0f} us/token "
-                         f"({100 * (py - c) / py:.1f} %); same tokens: {a.get('tgc_same_tokens')}")
+            tg, thr = row["tg"], row["threads"]
+            py = statistics.median(a["tg_s"]) / tg
+            c = statistics.median(a["tgc_s"]) / tg
+            text = (f"- {row['model']}, {thr} thr: Python loop {py * 1e3:.2f} ms/token, "
+                    f"C loop {c * 1e3:.2f} ms/token (wall): Python costs {(py - c) * 1e6:.0f} "
+                    f"us/token ({100 * (py - c) / py:.1f} %)")
+            if a.get("tgc_cpu_share"):   # CPU seconds per token: blind to preemption
+                pyc = thr / _per_cpu_tps(a, "tg", tg)
+                cc = thr / _per_cpu_tps(a, "tgc", tg)
+                text += (f"; in CPU time {pyc * 1e3:.2f} vs {cc * 1e3:.2f} ms/token: "
+                         f"{(pyc - cc) * 1e6:.0f} us/token ({100 * (pyc - cc) / pyc:.1f} %)")
+            notes.append(text + f"; same tokens: {a.get('tgc_same_tokens')}")
+        if a.get("tg_in_c_s"):   # same run: loop time minus time inside pq_ctx_eval
+            over = [(t - c) / row["tg"] for t, c in zip(a["tg_s"], a["tg_in_c_s"])]
+            per = statistics.median(over)
+            notes.append(f"- {row['model']}, {row['threads']} thr: Python side of a decode step "
+                         f"(loop minus time inside pq_ctx_eval, median): {per * 1e6:.0f} us/token, "
+                         f"{100 * per * row['tg'] / statistics.median(a['tg_s']):.1f} % of the step")
         elif a.get("tgc_error"):
             notes.append(f"- {row['model']}, {row['threads']} thr: C step loop {a['tgc_error']}")
         if b.get("notes") and row["threads"] == rows[0]["threads"]:
