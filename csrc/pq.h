@@ -152,6 +152,13 @@ int pq_ctx_eval(pq_ctx *c, const int32_t *tokens, int32_t n, int32_t pos,
  * position before that call stays valid. */
 void pq_ctx_cancel(pq_ctx *c);
 size_t pq_ctx_kv_bytes(const pq_ctx *c);
+/* Benchmark hook (csrc/bench.c): n_steps greedy decode steps entirely in C.
+ * Step i evaluates one token at position pos+i (the first is first_token,
+ * each next one the argmax of the previous step's logits) and writes that
+ * argmax to out_tokens[i]. n_vocab must be the model's vocabulary size (the
+ * logits row length, as for pq_ctx_eval's buffer). Stops at the first error. */
+int pq_ctx_bench_decode(pq_ctx *c, int32_t n_vocab, int32_t first_token, int32_t pos,
+                        int32_t n_steps, int32_t *out_tokens);
 
 /* ---- session state: save/restore and context shift (state.c) ------------- */
 /* The cache element type (PQ_TYPE_F32 or PQ_TYPE_F16) and size in positions. */
