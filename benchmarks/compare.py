@@ -65,7 +65,7 @@ def run_worker(engine, path, threads, pp, tg, reps):
         return res
     res["load_s"] = timer() - t0
     res["version"] = eng.version
-    for k in ("kernels", "flash_attn"):
+    for k in ("kernels", "system_info"):
         if hasattr(eng, k):
             res[k] = getattr(eng, k)
 
@@ -247,6 +247,8 @@ def report(meta, rows, bw):
              f"load average at start {meta['loadavg']}")
     L.append(f"- commit: {meta['commit']}; llama-cpp-python {meta.get('lcp_version', 'n/a')}; "
              f"pyllama-q kernels: {meta.get('pq_kernels', 'n/a')}")
+    if meta.get("lcp_system_info"):
+        L.append(f"- llama.cpp build: {meta['lcp_system_info']}")
     L.append(f"- command: `{meta['command']}`")
     L.append(f"- wall time of the run: {meta['wall_s']:.0f} s")
     if bw:
@@ -393,6 +395,8 @@ def main(argv=None):
                 t0 = time.time()
                 res = run_one(eng, path, thr, pp, tg, reps, args.timeout)
                 row["by_engine"][eng] = res
+                if "system_info" in res:
+                    meta["lcp_system_info"] = res["system_info"]
                 if "version" in res:
                     meta["lcp_version" if eng == "llama.cpp" else "pq_kernels"] = (
                         res["version"] if eng == "llama.cpp" else res.get("kernels"))
