@@ -6,9 +6,12 @@ kernel variant this CPU can run.
   streaming read loop in C), and the ratio kernel / peer.
 - GEMM (n_tok = 64..512, prompt batches): GFLOP/s (2 * rows * cols * n_tok).
 
-Every number is the median of --reps runs (--stat best: the fastest run,
-useful on a machine shared with other jobs), each through pq_kernel_matmul
-(which includes quantizing the activations, as the forward pass does).
+Every number is the median of --reps runs (--stat best: the fastest run),
+each through pq_kernel_matmul (which includes quantizing the activations, as
+the forward pass does). Runs are timed by this thread's CPU time by default
+(--clock cpu): the kernels are single-threaded, so on an idle machine it
+equals wall time, and on a shared one it leaves out time-slices lost to other
+jobs (cache contention still counts); --clock wall times the wall clock.
 
     .venv/bin/python benchmarks/bench_kernels.py [--rows 4096 --cols 4096 --reps 7]
 """
@@ -35,15 +38,16 @@ def weights(ptype, rows, cols, rng):
 
 
 STAT = statistics.median
+CLOCK = time.thread_time
 
 
 def median_time(fn, reps):
     fn()  # warm caches and page in
     ts = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        ts.append(time.perf_counter() - t0)
+        ts.append(CLOCK() - t0)
     return STAT(ts)
 
 
@@ -78,14 +82,17 @@ def main():
     ap.add_argument("--types", nargs="+", default=[n for n, _ in WTYPES])
     ap.add_argument("--scalar", action="store_true", help="include the scalar variant in GEMM runs")
     ap.add_argument("--stat", choices=["median", "best"], default="median")
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     args = ap.parse_args()
-    global STAT
+    global STAT, CLOCK
     STAT = statistics.median if args.stat == "median" else min
+    CLOCK = time.thread_time if args.clock == "cpu" else time.perf_counter
 
     variants = ffi.string(lib.pq_kernels_available()).decode().split()
     best = ffi.string(lib.pq_kernels_active()).decode()
     print(f"cpu features: {ffi.string(lib.pq_cpu_features()).decode()}")
     print(f"variants: {' '.join(variants)}; active (chosen at start-up): {best}")
+    print(f"timing: {args.stat} of {args.reps} runs, {args.clock} clock, one thread")
     peer = read_bandwidth(best, args.reps)
     print(f"read bandwidth peer (f32 dot over 2 x 64 MiB, {best}): {peer:.1f} GB/s\n")
 

@@ -25,15 +25,28 @@
 #include "quants.h"
 #include "quants_ref.h"
 
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#else
 #pragma GCC optimize("fp-contract=off") /* FMAs only where written */
+#endif
 
 #define AI static inline __attribute__((always_inline))
 
-/* acc += sums of 4 adjacent s8*s8 products. SDOT is emitted through inline
- * asm so that this file needs no dotprod target and the fallback can never
- * execute it; the ".arch" line only tells the assembler the opcode exists. */
+/* SDOT is emitted through inline asm so that this file needs no dotprod
+ * target and the fallback can never execute it; the ".arch" line tells GNU as
+ * the opcode exists. clang's integrated assembler checks the enclosing
+ * function's target instead and rejects it, so clang builds take the
+ * widening path (a per-function target("dotprod") copy would fix that). */
+#if defined(__clang__)
+#define PQ_SDOT_ASM 0
+#else
+#define PQ_SDOT_ASM 1
+#endif
+
+/* acc += sums of 4 adjacent s8*s8 products. */
 AI int32x4_t dot_s8(const int dotprod, int32x4_t acc, int8x16_t a, int8x16_t b) {
-    if (dotprod) {
+    if (PQ_SDOT_ASM && dotprod) {
         __asm__(".arch armv8.2-a+dotprod\n\tsdot %0.4s, %1.16b, %2.16b"
                 : "+w"(acc) : "w"(a), "w"(b));
         return acc;
@@ -59,13 +72,13 @@ AI void tile_q(const int kind, const int dp, const int R, const int T, int64_t n
                const char *w, size_t ws, const char *x, size_t xs, float *y, int64_t ldy) {
     const size_t wbs = kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : 34;
     const size_t xbs = kind == K_Q4_1 ? 36 : 34, xoff = kind == K_Q4_1 ? 4 : 2;
-    float32x4_t acc[2][4];
-    float accm[2][4];
+    float32x4_t acc[4][4];
+    float accm[4][4];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) { acc[r][t] = vdupq_n_f32(0.0f); accm[r][t] = 0.0f; }
     for (int64_t b = 0; b < nb; b++) {
-        int8x16_t w0[2], w1[2];
-        float dw[2], mw[2];
+        int8x16_t w0[4], w1[4];
+        float dw[4], mw[4];
         for (int r = 0; r < R; r++) {
             const char *wb = w + r * ws + b * wbs;
             dw[r] = f16_load(wb);
@@ -109,12 +122,15 @@ AI void tile_q_tokens(const int kind, const int dp, const int R, int T, int64_t 
     }
 }
 
-/* Rows in pairs (then one), tokens in fours. */
+/* Rows in pairs (fours for one token: decode), then one; tokens in fours. */
 AI void gemm_q(const int kind, const int dp, int64_t cols, const void *W, size_t ws,
                const void *X, size_t xs, int64_t n_tok, float *Y, int64_t ldy, int64_t r0,
                int64_t r1) {
     const int64_t nb = cols / 32;
     int64_t r = r0;
+    if (n_tok == 1)
+        for (; r + 4 <= r1; r += 4)
+            tile_q(kind, dp, 4, 1, nb, (const char *)W + r * ws, ws, (const char *)X, xs, Y + r, ldy);
     for (; r + 2 <= r1; r += 2)
         for (int64_t t = 0; t < n_tok; t += 4)
             tile_q_tokens(kind, dp, 2, (int)(n_tok - t < 4 ? n_tok - t : 4), nb,
@@ -263,7 +279,7 @@ static int cpu_has_dotprod(void) {
 
 static void init(void) {
     pq_kernels *k = &table;
-    const int dp = cpu_has_dotprod();
+    const int dp = PQ_SDOT_ASM && cpu_has_dotprod();
     k->name = "neon";
     k->quantize_act[PQ_TYPE_F32] = copy_f32;
     k->quantize_act[PQ_TYPE_F16] = copy_f32;

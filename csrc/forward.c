@@ -409,3 +409,13 @@ void pq_ctx_free(pq_ctx *c) {
     free(c->priv);
     free(c);
 }
+
+/* The cache layout for state.c (save/restore, context shift). */
+void pq_ctx_kv_view(const pq_ctx *c, pq_kv_view *v) {
+    v->m = c->m;
+    v->n_ctx = c->n_ctx;
+    v->kv_type = c->kv_type;
+    v->kv_elem = c->kv_elem;
+    v->k_cache = c->k_cache;
+    v->v_cache = c->v_cache;
+}

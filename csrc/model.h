@@ -44,4 +44,16 @@ struct pq_model {
     pthread_mutex_t eval_lock; /* one evaluation at a time per model */
 };
 
+/* A session's KV cache as state.c sees it (filled by forward.c, which owns
+ * struct pq_ctx): caches are (n_layers, n_ctx, kv_dim) rows of kv_elem-byte
+ * elements, keys stored after RoPE. */
+typedef struct {
+    const pq_model *m;
+    int32_t n_ctx;
+    int kv_type;              /* PQ_TYPE_F32 or PQ_TYPE_F16 */
+    size_t kv_elem;           /* 4 or 2 bytes */
+    void *k_cache, *v_cache;
+} pq_kv_view;
+void pq_ctx_kv_view(const pq_ctx *c, pq_kv_view *v);
+
 #endif /* PQ_MODEL_H */

@@ -160,4 +160,26 @@ size_t pq_ctx_kv_bytes(const pq_ctx *c);
 int pq_ctx_bench_decode(pq_ctx *c, int32_t n_vocab, int32_t first_token, int32_t pos,
                         int32_t n_steps, int32_t *out_tokens);
 
+/* ---- session state: save/restore and context shift (state.c) ------------- */
+/* The cache element type (PQ_TYPE_F32 or PQ_TYPE_F16) and size in positions. */
+int pq_ctx_kv_type(const pq_ctx *c);
+int32_t pq_ctx_n_ctx(const pq_ctx *c);
+/* Bytes of the K and V rows of positions [0, n_pos): for each layer, its K
+ * rows then its V rows, each (n_pos, n_kv_heads*head_dim) in the cache type.
+ * 0 if n_pos is out of range. */
+size_t pq_ctx_kv_state_bytes(const pq_ctx *c, int32_t n_pos);
+/* Copy those rows out / in; bytes must equal pq_ctx_kv_state_bytes (else
+ * PQ_ERR_STATE). Not to be called while the session evaluates. */
+int pq_ctx_kv_save(const pq_ctx *c, int32_t n_pos, void *dst, size_t bytes);
+int pq_ctx_kv_load(pq_ctx *c, int32_t n_pos, const void *src, size_t bytes);
+/* Context shift: of the n_used cached positions keep [0, n_keep), drop
+ * [n_keep, n_keep+n_discard) and move the rest down by n_discard, rotating
+ * the moved keys by -n_discard positions (RoPE with the model's theta,
+ * rope_dim and frequency factors), so they equal keys computed at their new
+ * positions. Not to be called while the session evaluates. */
+int pq_ctx_kv_shift(pq_ctx *c, int32_t n_keep, int32_t n_discard, int32_t n_used);
+/* Test hook: the cached K and V rows (kv_dim floats each) of one layer and
+ * position, converted to f32; k or v may be NULL. */
+int pq_ctx_kv_get(const pq_ctx *c, int32_t layer, int32_t pos, float *k, float *v);
+
 #endif /* PQ_H */

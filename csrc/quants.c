@@ -13,7 +13,11 @@
  * targets that have FMA, e.g. aarch64) would change rounding at the .5
  * boundaries, so this file turns it off.
  */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#else
 #pragma GCC optimize("fp-contract=off")
+#endif
 
 #include <float.h>
 #include <math.h>

@@ -25,7 +25,8 @@ int pq_pool_size(const pq_pool *p);
 void pq_pool_run(pq_pool *p, pq_pool_fn fn, void *arg);
 
 /* Inside a dispatch, every worker must call this the same number of times:
- * nobody passes until all have arrived. Spins (pause, then sched_yield). */
+ * nobody passes until all have arrived. Spins briefly (pause), then sleeps on
+ * a futex so that an oversubscribed machine runs the late worker instead. */
 void pq_pool_barrier(pq_pool *p);
 
 /* Physical cores of this machine (unique (package, core) pairs on Linux;

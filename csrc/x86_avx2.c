@@ -9,7 +9,7 @@
  * gemm layout: a tile of R weight rows x T tokens keeps R*T float
  * accumulators in registers, so each decoded weight block is used T times
  * (prompt batches) and each activation block R times. Decode (one token)
- * runs 4 rows at a time to keep four independent load streams in flight.
+ * runs 8 rows per activation block, each row decoded right before its dot.
  * Intel intrinsics guide: https://www.intel.com/content/www/us/en/docs/intrinsics-guide/
  */
 #include "kernels.h"
@@ -25,9 +25,14 @@
 
 /* Every function below, helpers included, is compiled for this ISA; no FMA
  * contraction except where written (keeps quantize_act bit-exact). */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#pragma STDC FP_CONTRACT OFF
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #pragma GCC optimize("fp-contract=off")
+#endif
 
 #define AI static inline __attribute__((always_inline))
 
@@ -130,11 +135,49 @@ AI void tile_q(const int kind, const int R, const int T, int64_t nb, const char 
     const size_t xbs = kind == K_Q4_1 ? 36 : 34;
     const size_t xoff = kind == K_Q4_1 ? 4 : 2; /* qs offset in the act block */
     const __m256i ones16 = _mm256_set1_epi16(1), eights = _mm256_set1_epi8(8);
-    __m256 acc[4][4];
-    float accm[4][4]; /* Q4_1: sum of m * s */
+    __m256 acc[8][4];
+    float accm[8][4]; /* Q4_1: sum of m * s */
+    __m128 accmv[8];  /* Q4_1 decode: the same sum, in lane 1 */
+    for (int r = 0; r < R; r++) accmv[r] = _mm_setzero_ps();
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) { acc[r][t] = _mm256_setzero_ps(); accm[r][t] = 0.0f; }
     for (int64_t b = 0; b < nb; b++) {
+        if (T == 1) { /* decode: one activation block, R rows each loaded just before use */
+            const float dx = f16_load(x + b * xbs);
+            const __m256i xq = _mm256_loadu_si256((const __m256i *)(x + b * xbs + xoff));
+            const __m256i xc = _mm256_maddubs_epi16(eights, xq);
+            const float sx = kind == K_Q4_1 ? f16_load(x + b * xbs + 2) : 0.0f;
+            /* Q4_1: (d, m) of a row and (dx, s) convert as one pair each, so
+             * one multiply gives d*dx (the scale) and m*s (the minimum's term) */
+            uint32_t xds = 0;
+            if (kind == K_Q4_1) memcpy(&xds, x + b * xbs, 4);
+            const __m128 dsx = _mm_cvtph_ps(_mm_cvtsi32_si128((int)xds));
+            for (int r = 0; r < R; r++) {
+                const char *wb = w + r * ws + b * wbs;
+                if (kind == K_Q4_1) {
+                    uint32_t wdm;
+                    memcpy(&wdm, wb, 4);
+                    const __m128 prod = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((int)wdm)), dsx);
+                    const __m256i p16 = _mm256_maddubs_epi16(load_nibbles((const uint8_t *)wb + 4), xq);
+                    const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones16));
+                    acc[r][0] = _mm256_fmadd_ps(p, _mm256_broadcastss_ps(prod), acc[r][0]);
+                    accmv[r] = _mm_add_ps(accmv[r], prod); /* lane 1: m*s */
+                    continue;
+                }
+                __m256i p16;
+                if (kind == K_Q4_0)
+                    p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(load_nibbles((const uint8_t *)wb + 2), xq), xc);
+                if (kind == K_Q4_1) p16 = _mm256_maddubs_epi16(load_nibbles((const uint8_t *)wb + 4), xq);
+                if (kind == K_Q8_0) {
+                    const __m256i q = _mm256_loadu_si256((const __m256i *)(wb + 2));
+                    p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(xq, q));
+                }
+                const __m256 p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones16));
+                acc[r][0] = _mm256_fmadd_ps(p, _mm256_set1_ps(f16_load(wb) * dx), acc[r][0]);
+                if (kind == K_Q4_1) accm[r][0] += f16_load(wb + 2) * sx;
+            }
+            continue;
+        }
         __m256i wq[4];
         float dw[4], mw[4];
         for (int r = 0; r < R; r++) {
@@ -165,7 +208,11 @@ AI void tile_q(const int kind, const int R, const int T, int64_t nb, const char 
         }
     }
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) y[t * ldy + r] = hsum_f32x8(acc[r][t]) + accm[r][t];
+        for (int t = 0; t < T; t++) {
+            float m = accm[r][t];
+            if (kind == K_Q4_1 && T == 1) m += _mm_cvtss_f32(_mm_shuffle_ps(accmv[r], accmv[r], 1));
+            y[t * ldy + r] = hsum_f32x8(acc[r][t]) + m;
+        }
 }
 
 /* T = 1..4 tokens at compile time for an R-row tile. */
@@ -187,7 +234,9 @@ AI void gemm_q(const int kind, int64_t cols, const void *W, size_t ws, const voi
         const int64_t tn = n_tok - t0 < chunk ? n_tok - t0 : chunk;
         const char *x = (const char *)X + t0 * xs;
         int64_t r = r0;
-        if (tn == 1) {
+        if (tn == 1) { /* decode: 8 rows share each activation block */
+            for (; r + 8 <= r1; r += 8)
+                tile_q(kind, 8, 1, nb, (const char *)W + r * ws, ws, x, xs, Y + t0 * ldy + r, ldy);
             for (; r + 4 <= r1; r += 4)
                 tile_q(kind, 4, 1, nb, (const char *)W + r * ws, ws, x, xs, Y + t0 * ldy + r, ldy);
         }
@@ -347,7 +396,11 @@ static void axpy_f16(float a, const uint16_t *x, float *y, int64_t n) {
     for (; i < n; i++) y[i] += a * _cvtsh_ss(x[i]);
 }
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 /* ---- the table ------------------------------------------------------------------------ */
 

@@ -2,10 +2,11 @@
  * for Intel Skylake-SP / Ice Lake and later and AMD Zen 4 and later.
  *
  * What it is: gemm kernels that take two 32-element blocks per 512-bit
- * register; the two tables share every line except the int8 dot product
- * (maddubs+madd on AVX-512BW, one vpdpbusd with VNNI). Activation quantizers
- * and the dot/axpy helpers come from the avx2 table (the CPU has AVX2 too);
- * the float gemms and dot/axpy are redone here at 16 lanes.
+ * register; the two tables share one body and differ in the int8 dot product
+ * (maddubs+madd on AVX-512BW, one vpdpbusd with VNNI) and in how Q8_0's
+ * signed weights meet it. The activation quantizers come from the avx2 table
+ * (every AVX-512 CPU has AVX2); the float gemms and dot/axpy are redone here
+ * at 16 lanes with masked tails.
  * What it is not: a choice of variant (dispatch.c). On non-x86 builds both
  * table functions return NULL.
  *
@@ -27,9 +28,16 @@
 #include "quants.h"
 #include "x86_common.h"
 
+/* Every function below is compiled for this ISA (the VNNI instruction is
+ * inline asm, see dot_u8s8); no FMA contraction except where written. */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), apply_to = function)
+#pragma STDC FP_CONTRACT OFF
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 #pragma GCC optimize("fp-contract=off")
+#endif
 
 #define AI static inline __attribute__((always_inline))
 
@@ -55,7 +63,7 @@ typedef struct {
     __m512i q;  /* u8 operand of the dot product */
     __m512i sm; /* Q8_0 on BW: mask trick needs w's signs (as a vector of w) */
     __m512 d;   /* fp32 scales per int32 lane */
-    __m512 m;   /* Q4_1: the minimum in one lane per block, else 0 */
+    __m512i z;  /* the loaded words (Q4_1: the minima are words 1 and 11) */
 } wpair;
 
 /* vpermw word indices (fp16 scales, nibble bytes) into a loaded block pair,
@@ -68,11 +76,15 @@ IDX IDX_Q4_0_D[32] = {0, 0, 0, 0, 9, 9, 9, 9, 0, 0, 0, 0, 9, 9, 9, 9};
 IDX IDX_Q4_1_QS[32] = {2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14, 15, 16, 17, 18, 19,
                        2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14, 15, 16, 17, 18, 19};
 IDX IDX_Q4_1_D[32] = {0, 0, 0, 0, 10, 10, 10, 10, 0, 0, 0, 0, 10, 10, 10, 10};
-IDX IDX_Q4_1_M[32] = {1, 0, 0, 0, 11}; /* used under mask 0x11: lanes 0 and 4 */
+/* Q4_1 minima (W words 1, 11) and Q8_1 sums (X words 1, 19) of a pair, to be
+ * written into word slots 2k, 2k+1 under a mask */
+IDX IDX_Q4_1_M[32] = {1, 11, 1, 11, 1, 11, 1, 11, 1, 11, 1, 11, 1, 11, 1, 11,
+                      1, 11, 1, 11, 1, 11, 1, 11, 1, 11, 1, 11, 1, 11, 1, 11};
 IDX IDX_Q8_0_D[32] = {0, 0, 0, 0, 0, 0, 0, 0, 17, 17, 17, 17, 17, 17, 17, 17};
 IDX IDX_X80_Q4_D[32] = {0, 0, 0, 0, 17, 17, 17, 17, 0, 0, 0, 0, 17, 17, 17, 17};
 IDX IDX_X81_D[32] = {0, 0, 0, 0, 18, 18, 18, 18, 0, 0, 0, 0, 18, 18, 18, 18};
-IDX IDX_X81_S[32] = {1, 1, 1, 1, 19, 19, 19, 19, 1, 1, 1, 1, 19, 19, 19, 19};
+IDX IDX_X81_S[32] = {1, 19, 1, 19, 1, 19, 1, 19, 1, 19, 1, 19, 1, 19, 1, 19,
+                     1, 19, 1, 19, 1, 19, 1, 19, 1, 19, 1, 19, 1, 19, 1, 19};
 #undef IDX
 
 AI __m512i idx_load(const short *p) { return _mm512_load_si512((const void *)p); }
@@ -86,8 +98,8 @@ AI __m512 gather_f16(const short *idx, __m512i z) {
  * second half zero). */
 AI wpair load_w(const int kind, const int vnni, const int two, const char *wb) {
     wpair p;
-    p.m = _mm512_setzero_ps();
     p.sm = _mm512_setzero_si512();
+    p.z = _mm512_setzero_si512();
     if (kind == K_Q4_0 || kind == K_Q4_1) {
         const int bb = kind == K_Q4_0 ? 18 : 20; /* block bytes */
         const __mmask64 mk = ~0ULL >> (64 - (two ? 2 * bb : bb));
@@ -98,10 +110,7 @@ AI wpair load_w(const int kind, const int vnni, const int two, const char *wb) {
         const __m512i q = _mm512_srlv_epi16(_mm512_permutexvar_epi16(qi, z), shift);
         p.q = _mm512_and_si512(q, _mm512_set1_epi8(0x0f));
         p.d = gather_f16(kind == K_Q4_0 ? IDX_Q4_0_D : IDX_Q4_1_D, z);
-        if (kind == K_Q4_1) {
-            const __m512i mv = _mm512_maskz_permutexvar_epi16(0x11, idx_load(IDX_Q4_1_M), z);
-            p.m = _mm512_cvtph_ps(_mm512_castsi512_si256(mv));
-        }
+        p.z = z;
     } else { /* Q8_0 */
         const __m256i q0 = _mm256_loadu_si256((const __m256i *)(wb + 2));
         const __m256i q1 = two ? _mm256_loadu_si256((const __m256i *)(wb + 36)) : _mm256_setzero_si256();
@@ -120,7 +129,7 @@ typedef struct {
     __m512i q;    /* s8 operand */
     __m512i corr; /* int32 lanes to start the dot from (offset correction) */
     __m512 d;     /* fp32 scales per int32 lane */
-    __m512 s;     /* Q8_1: s per block lane group */
+    __m512i z;    /* the loaded scale words (Q8_1: the sums s are words 1 and 19) */
 } xpair;
 
 AI xpair load_x(const int kind, const int vnni, const int two, const char *xb) {
@@ -135,7 +144,7 @@ AI xpair load_x(const int kind, const int vnni, const int two, const char *xb) {
     /* scales (and Q8_1 sums) only: block 1 starts at word nw, its d at nw, s at nw+1 */
     const __m512i z = _mm512_maskz_loadu_epi16(~0U >> (32 - (two ? nw + 2 : nw)), xb);
     p.d = gather_f16(kind == K_Q4_0 ? IDX_X80_Q4_D : kind == K_Q4_1 ? IDX_X81_D : IDX_Q8_0_D, z);
-    p.s = kind == K_Q4_1 ? gather_f16(IDX_X81_S, z) : _mm512_setzero_ps();
+    p.z = z;
     /* dot(w - c, x) = dot(w, x) - c*sum(x): start the accumulation at -c*sum(x)
      * (c = 8 for Q4_0; 128 for Q8_0 under VNNI, whose weights were shifted) */
     p.corr = _mm512_setzero_si512();
@@ -146,7 +155,8 @@ AI xpair load_x(const int kind, const int vnni, const int two, const char *xb) {
     return p;
 }
 
-/* One (row, token) pair of one block pair: acc += scale * dot (+ m*s). */
+/* One (row, token) pair of one block pair: acc += scale * dot (Q4_1's m*s
+ * terms are collected apart, see pair_step). */
 AI __m512 step(const int kind, const int vnni, __m512 acc, const wpair *w, const xpair *x) {
     __m512i dot;
     if (kind == K_Q8_0 && !vnni) {
@@ -157,9 +167,54 @@ AI __m512 step(const int kind, const int vnni, __m512 acc, const wpair *w, const
     } else {
         dot = dot_u8s8(vnni, x->corr, w->q, x->q);
     }
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(w->d, x->d), acc);
-    if (kind == K_Q4_1) acc = _mm512_fmadd_ps(w->m, x->s, acc);
-    return acc;
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(w->d, x->d), acc);
+}
+
+/* One block pair (two = 0: a lone last block) for an R x T tile; w and x point
+ * at the pair in row 0 / token 0. Q4_1: the pair's two minima (per row) and
+ * sums s (per token) go, still fp16, into word slots 2*slot, 2*slot+1 of mw /
+ * sx; flush_ms turns 16 pairs of them into fmas, instead of an fma per pair. */
+AI void pair_step(const int kind, const int vnni, const int R, const int T, const int two,
+                  const char *w, size_t ws, const char *x, size_t xs, int slot,
+                  __m512 acc[8][4], __m512i mw[8], __m512i sx[4]) {
+    const __mmask32 sm = 3u << (2 * slot);
+    if (T == 1) { /* decode: no weight reuse, so keep each row's data short-lived */
+        const xpair xp = load_x(kind, vnni, two, x);
+        if (kind == K_Q4_1) sx[0] = _mm512_mask_permutexvar_epi16(sx[0], sm, idx_load(IDX_X81_S), xp.z);
+        for (int r = 0; r < R; r++) {
+            const wpair wp = load_w(kind, vnni, two, w + r * ws);
+            acc[r][0] = step(kind, vnni, acc[r][0], &wp, &xp);
+            if (kind == K_Q4_1) mw[r] = _mm512_mask_permutexvar_epi16(mw[r], sm, idx_load(IDX_Q4_1_M), wp.z);
+        }
+        return;
+    }
+    wpair wp[8];
+    for (int r = 0; r < R; r++) {
+        wp[r] = load_w(kind, vnni, two, w + r * ws);
+        if (kind == K_Q4_1) mw[r] = _mm512_mask_permutexvar_epi16(mw[r], sm, idx_load(IDX_Q4_1_M), wp[r].z);
+    }
+    for (int t = 0; t < T; t++) {
+        const xpair xp = load_x(kind, vnni, two, x + t * xs);
+        if (kind == K_Q4_1) sx[t] = _mm512_mask_permutexvar_epi16(sx[t], sm, idx_load(IDX_X81_S), xp.z);
+        for (int r = 0; r < R; r++) acc[r][t] = step(kind, vnni, acc[r][t], &wp[r], &xp);
+    }
+}
+
+/* acc[r][t] += sum over collected slots of m * s; clears the slots. */
+AI void flush_ms(const int R, const int T, __m512 acc[8][4], __m512i mw[8], __m512i sx[4]) {
+    __m512 slo[4], shi[4];
+    for (int t = 0; t < T; t++) {
+        slo[t] = _mm512_cvtph_ps(_mm512_castsi512_si256(sx[t]));
+        shi[t] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(sx[t], 1));
+        sx[t] = _mm512_setzero_si512();
+    }
+    for (int r = 0; r < R; r++) {
+        const __m512 mlo = _mm512_cvtph_ps(_mm512_castsi512_si256(mw[r]));
+        const __m512 mhi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(mw[r], 1));
+        mw[r] = _mm512_setzero_si512();
+        for (int t = 0; t < T; t++)
+            acc[r][t] = _mm512_fmadd_ps(mhi, shi[t], _mm512_fmadd_ps(mlo, slo[t], acc[r][t]));
+    }
 }
 
 /* Y[t*ldy + r] for an R x T tile over nb blocks; W (R, nb*32) @ X (T, nb*32)^T. */
@@ -168,25 +223,26 @@ AI void tile_q(const int kind, const int vnni, const int R, const int T, int64_t
     const size_t wbs = kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : 34;
     const size_t xbs = kind == K_Q4_1 ? 36 : 34;
     __m512 acc[8][4];
-    for (int r = 0; r < R; r++)
+    __m512i mw[8], sx[4]; /* Q4_1 only */
+    for (int r = 0; r < R; r++) {
+        mw[r] = _mm512_setzero_si512();
         for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    }
+    for (int t = 0; t < T; t++) sx[t] = _mm512_setzero_si512();
+    int slot = 0;
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
-        wpair wp[8];
-        for (int r = 0; r < R; r++) wp[r] = load_w(kind, vnni, 1, w + r * ws + b * wbs);
-        for (int t = 0; t < T; t++) {
-            const xpair xp = load_x(kind, vnni, 1, x + t * xs + b * xbs);
-            for (int r = 0; r < R; r++) acc[r][t] = step(kind, vnni, acc[r][t], &wp[r], &xp);
+        pair_step(kind, vnni, R, T, 1, w + b * wbs, ws, x + b * xbs, xs, slot, acc, mw, sx);
+        if (kind == K_Q4_1 && ++slot == 16) {
+            flush_ms(R, T, acc, mw, sx);
+            slot = 0;
         }
     }
     if (b < nb) { /* odd block count: the last block alone, the pair's second half zero */
-        wpair wp[8];
-        for (int r = 0; r < R; r++) wp[r] = load_w(kind, vnni, 0, w + r * ws + b * wbs);
-        for (int t = 0; t < T; t++) {
-            const xpair xp = load_x(kind, vnni, 0, x + t * xs + b * xbs);
-            for (int r = 0; r < R; r++) acc[r][t] = step(kind, vnni, acc[r][t], &wp[r], &xp);
-        }
+        pair_step(kind, vnni, R, T, 0, w + b * wbs, ws, x + b * xbs, xs, slot, acc, mw, sx);
+        slot++;
     }
+    if (kind == K_Q4_1 && slot > 0) flush_ms(R, T, acc, mw, sx);
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
@@ -201,10 +257,12 @@ AI void tile_q_tokens(const int kind, const int vnni, const int R, int T, int64_
     }
 }
 
-/* Rows in tiles of 4 (then 1), tokens in tiles of 4 within L2-sized chunks. */
+/* Rows in tiles of 4 (then 1), tokens in tiles of TT = 4 within L2-sized
+ * chunks (Q4_1 spills a little at 4x4 but measured faster than 4x2). */
 AI void gemm_q(const int kind, const int vnni, int64_t cols, const void *W, size_t ws,
                const void *X, size_t xs, int64_t n_tok, float *Y, int64_t ldy, int64_t r0,
                int64_t r1) {
+    const int TT = 4;
     const int64_t nb = cols / 32;
     const int64_t chunk = pq_token_chunk(xs, n_tok);
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
@@ -215,12 +273,12 @@ AI void gemm_q(const int kind, const int vnni, int64_t cols, const void *W, size
             for (; r + 8 <= r1; r += 8)
                 tile_q(kind, vnni, 8, 1, nb, (const char *)W + r * ws, ws, x, xs, Y + t0 * ldy + r, ldy);
         for (; r + 4 <= r1; r += 4)
-            for (int64_t t = 0; t < tn; t += 4)
-                tile_q_tokens(kind, vnni, 4, (int)(tn - t < 4 ? tn - t : 4), nb,
+            for (int64_t t = 0; t < tn; t += TT)
+                tile_q_tokens(kind, vnni, 4, (int)(tn - t < TT ? tn - t : TT), nb,
                               (const char *)W + r * ws, ws, x + t * xs, xs, Y + (t0 + t) * ldy + r, ldy);
         for (; r < r1; r++)
-            for (int64_t t = 0; t < tn; t += 4)
-                tile_q_tokens(kind, vnni, 1, (int)(tn - t < 4 ? tn - t : 4), nb,
+            for (int64_t t = 0; t < tn; t += TT)
+                tile_q_tokens(kind, vnni, 1, (int)(tn - t < TT ? tn - t : TT), nb,
                               (const char *)W + r * ws, ws, x + t * xs, xs, Y + (t0 + t) * ldy + r, ldy);
     }
 }
@@ -335,7 +393,11 @@ static void axpy_f16(float a, const uint16_t *x, float *y, int64_t n) {
     }
 }
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 /* ---- the tables ------------------------------------------------------------------------ */
 

@@ -7,6 +7,7 @@ from .errors import (PQError, FormatError, UnsupportedError, ContextFullError,
                      CancelledError, StateError)
 from .sampling import Sampler, SamplerParams
 from .api import Chunk, GenerationStats, Model, Session, load
+from .chat_template import ChatTemplate
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,9 @@ re-tokenizing the context. What it is not: a server or a batch scheduler; one
 session generates one sequence at a time.
 """
 import os
+import threading
 import time
+import weakref
 from collections import Counter
 from typing import NamedTuple
 
@@ -37,7 +39,8 @@ class Chunk(NamedTuple):
 class GenerationStats:
     """Counts and wall times of the last generate() of a session.
     finish: 'eog' (end-of-generation token), 'stop' (stop string), 'length'
-    (max_tokens), 'context' (cache full), 'cancelled'."""
+    (max_tokens), 'context' (cache full), 'cancelled', 'closed' (the caller
+    stopped iterating)."""
 
     def __init__(self):
         self.n_prompt = 0          # tokens evaluated before the first sample
@@ -59,11 +62,13 @@ class GenerationStats:
                 f"gen {self.n_gen} tok {self.gen_tps:.1f} tok/s, finish={self.finish})")
 
 
-def load(path, n_threads=None, n_ctx=2048, kv_type="f16", n_batch=512, chat_template=None):
+def load(path, n_threads=None, n_ctx=2048, kv_type="f16", n_batch=512, chat_template=None,
+         progress=None):
     """Open a GGUF model. n_ctx is the default context of its sessions;
-    chat_template overrides the file's (a built-in name or Jinja source)."""
+    chat_template overrides the file's (a built-in name or Jinja source).
+    progress(fraction) is called while loading, ending with 1.0."""
     return Model(path, n_threads=n_threads, n_ctx=n_ctx, kv_type=kv_type, n_batch=n_batch,
-                 chat_template=chat_template)
+                 chat_template=chat_template, progress=progress)
 
 
 def _metadata_of(weights):
@@ -77,7 +82,7 @@ class Model:
     """Weights, tokenizer and chat template; sessions share them."""
 
     def __init__(self, path, n_threads=None, n_ctx=2048, kv_type="f16", n_batch=512,
-                 chat_template=None):
+                 chat_template=None, progress=None):
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such file")
@@ -86,12 +91,16 @@ class Model:
         from .model import KVContext, Weights
         from .tokenizer import Detokenizer, Tokenizer
 
-        weights = Weights(path, n_threads=n_threads)
+        # progress: tensors are 90% of the bar, the tokenizer the rest
+        weights = Weights(path, n_threads=n_threads,
+                          progress=None if progress is None else lambda f: progress(0.9 * f))
         try:
             md = _metadata_of(weights)
             tokenizer = Tokenizer.from_metadata(md)
             self._assemble(path, weights, tokenizer, md, KVContext, Detokenizer, n_ctx, kv_type,
                            n_batch, chat_template)
+            if progress is not None:
+                progress(1.0)
         except BaseException:
             weights.close()
             raise
@@ -110,6 +119,7 @@ class Model:
         self.n_batch = int(n_batch)
         self.chat_template = _template_from_metadata(md, tokenizer, override=chat_template)
         self._chat_session = None
+        self._sessions = weakref.WeakSet()
         self._turn_ids, self._turn_strings = self._turn_stops()
         return self
 
@@ -142,9 +152,21 @@ class Model:
 
     # -- sessions ---------------------------------------------------------------------
 
-    def session(self, n_ctx=None):
-        """A new session with its own KV cache of n_ctx positions."""
-        return Session(self, n_ctx or self.n_ctx)
+    def session(self, n_ctx=None, context_shift=True, n_keep=None):
+        """A new session with its own KV cache of n_ctx positions. When the
+        cache fills during generation, context_shift keeps the first n_keep
+        tokens (None: the BOS token, if any), drops the older half of the rest
+        and goes on; context_shift=False raises ContextFullError instead."""
+        if self.weights is None:
+            raise PQError("model is closed")
+        s = Session(self, n_ctx or self.n_ctx, context_shift=context_shift, n_keep=n_keep)
+        self._sessions.add(s)
+        return s
+
+    def create_chat_completion(self, messages, **kw):
+        """OpenAI-shaped chat completion (see pyllama_q.chat_api)."""
+        from .chat_api import create_chat_completion
+        return create_chat_completion(self, messages, **kw)
 
     def chat(self, messages, session=None, stream=True, max_tokens=512, stop=None, seed=None,
              **sampler):
@@ -181,9 +203,11 @@ class Model:
         return d
 
     def close(self):
-        if self._chat_session is not None:
-            self._chat_session.close()
-            self._chat_session = None
+        """Close every session (waiting for an evaluation in another thread to
+        stop), then the weights."""
+        for s in list(self._sessions):
+            s.close()
+        self._chat_session = None
         if self.weights is not None:
             self.weights.close()
             self.weights = None
@@ -221,9 +245,14 @@ class Session:
     cache holds, plus at most one last sampled token that is evaluated lazily
     (when generation continues), so stopping costs no extra forward step."""
 
-    def __init__(self, model, n_ctx):
+    def __init__(self, model, n_ctx, context_shift=True, n_keep=None):
         self.model = model
         self.n_ctx = int(n_ctx)
+        self.context_shift = bool(context_shift)
+        self.n_keep = n_keep        # tokens a context shift keeps (None: the BOS, if any)
+        self.sampler = None         # the Sampler of the last generation (resume=True reuses it)
+        self.n_shifts = 0           # context shifts so far
+        self._generating = threading.Lock()  # held while a generation runs
         self._kv = model._kv_factory(model.weights, self.n_ctx, n_batch=model.n_batch,
                                      kv_type=model.kv_type)
         self._evaluated = []        # token ids whose K/V the cache holds, positions 0..
@@ -232,6 +261,7 @@ class Session:
         self._cancel = False        # a cancel for the operation in progress
         self._stale_cancel = False  # a cancel that may still be armed in the C context
         self._n_evaluated = 0       # tokens run through the model, ever (for stats)
+        self._busy = threading.Lock()  # held while the C context evaluates
         self.stats = GenerationStats()
 
     @property
@@ -246,13 +276,68 @@ class Session:
         """Stop the evaluation or generation in progress (thread-safe; also
         safe from a signal handler). A generator ends with finish 'cancelled'."""
         self._cancel = True
-        if self._kv is not None:
-            self._kv.cancel()
+        kv = self._kv
+        if kv is not None:
+            kv.cancel()
 
     def close(self):
+        """Free the KV cache; an evaluation running in another thread is
+        cancelled and waited for first."""
         if self._kv is not None:
-            self._kv.close()
-            self._kv = None
+            self.cancel()
+            with self._busy:
+                kv, self._kv = self._kv, None
+                if kv is not None:
+                    kv.close()
+
+    @property
+    def kv_bytes(self):
+        """Bytes of this session's KV cache (both K and V, all layers)."""
+        return self._kv.kv_bytes if self._kv is not None else 0
+
+    # -- state --------------------------------------------------------------------------
+
+    def save_state(self, path=None):
+        """Tokens, KV cache rows, last logits and sampler state as bytes (see
+        pyllama_q.state for the format); also written to `path` if given."""
+        from .state import save_session
+        with self._busy:
+            data = save_session(self)
+        if path is not None:
+            with open(path, "wb") as f:
+                f.write(data)
+        return data
+
+    def load_state(self, data):
+        """Restore what save_state() returned (bytes or a path) into this
+        session; StateError if it comes from another model or is corrupt.
+        Continue with generate(..., resume=True) to reuse the saved sampler."""
+        from .state import restore_session
+        with self._busy:
+            restore_session(self, data)
+
+    def _n_keep_now(self):
+        """The tokens a shift would keep now (n_keep, or the BOS if None)."""
+        n_keep = self.n_keep
+        if n_keep is None:
+            bos = getattr(self.model.tokenizer, "bos_id", None)
+            n_keep = 1 if self._evaluated and self._evaluated[0] == bos else 0
+        return max(0, min(int(n_keep), len(self._evaluated)))
+
+    def _shift_context(self):
+        """Free room in a full cache: keep n_keep tokens, drop the older half
+        of the rest (re-rotating the kept keys in C). False if shifting is off
+        or impossible."""
+        from .state import kv_shift
+        n_used = len(self._evaluated)
+        n_keep = self._n_keep_now()
+        n_discard = (n_used - n_keep) // 2
+        if not self.context_shift or n_discard <= 0:
+            return False
+        kv_shift(self._kv, n_keep, n_discard, n_used)
+        self._evaluated = self._evaluated[:n_keep] + self._evaluated[n_keep + n_discard:]
+        self.n_shifts += 1
+        return True
 
     def __enter__(self):
         return self
@@ -269,23 +354,25 @@ class Session:
         self._cancel = False
 
     def _eval_chunk(self, toks, pos):
-        if self._kv is None:
-            raise PQError("session is closed")
-        try:
-            return self._kv.eval(toks, pos)
-        except CancelledError:
-            if self._stale_cancel and not self._cancel:
+        with self._busy:
+            kv = self._kv
+            if kv is None:
+                raise PQError("session is closed")
+            try:
+                return kv.eval(toks, pos)
+            except CancelledError:
+                if self._stale_cancel and not self._cancel:
+                    self._stale_cancel = False
+                    return kv.eval(toks, pos)
+                raise
+            finally:
                 self._stale_cancel = False
-                return self._kv.eval(toks, pos)
-            self._stale_cancel = False
-            raise
-        finally:
-            self._stale_cancel = False
 
-    def _eval_tokens(self, toks):
+    def _eval_tokens(self, toks, progress=None):
         """Append the pending token and toks to the cache in n_batch chunks;
         returns the last logits. On cancel the chunks done so far stay valid
-        (and `tokens` says so)."""
+        (and `tokens` says so). progress(done, total) is called after each
+        chunk."""
         toks = self._pending + [int(t) for t in toks]
         if not toks:
             return self._logits
@@ -297,21 +384,29 @@ class Session:
             chunk = [int(t) for t in toks[i:i + nb]]
             if self._cancel:
                 raise CancelledError("evaluation cancelled")
-            self._logits = None  # the cache changes below: old logits no longer apply
-            logits = self._eval_chunk(chunk, len(self._evaluated))
+            prev, self._logits = self._logits, None  # the cache changes below
+            try:
+                logits = self._eval_chunk(chunk, len(self._evaluated))
+            except CancelledError:
+                # positions before this chunk are intact, so their logits
+                # still apply: a cancelled session can go on from there
+                self._logits = prev
+                raise
             self._evaluated.extend(chunk)
             self._pending = []  # it was first in the first chunk
             self._n_evaluated += len(chunk)
             self._logits = logits
+            if progress is not None:
+                progress(min(i + nb, len(toks)), len(toks))
         return self._logits
 
-    def eval(self, tokens):
+    def eval(self, tokens, progress=None):
         """Append tokens at the current position; returns the logits (n_vocab,)
-        after the last one."""
+        after the last one. progress(done, total) after each n_batch chunk."""
         self._begin()
-        return self._eval_tokens(tokens)
+        return self._eval_tokens(tokens, progress)
 
-    def _sync(self, target):
+    def _sync(self, target, progress=None):
         """Make the cache hold exactly `target` (keeping the longest common
         prefix), leaving the logits after its last token."""
         target = [int(t) for t in target]
@@ -325,18 +420,21 @@ class Session:
         while n < lim and self._evaluated[n] == target[n]:
             n += 1
         self._evaluated, self._pending = self._evaluated[:n], []
-        return self._eval_tokens(target[n:])
+        return self._eval_tokens(target[n:], progress)
 
     # -- generation ---------------------------------------------------------------------
 
     def generate(self, prompt=None, tokens=None, max_tokens=256, stop=None, seed=None,
-                 stop_ids=None, **sampler):
+                 stop_ids=None, resume=False, progress=None, **sampler):
         """Stream a continuation of what the session holds plus `prompt` (text)
         or `tokens`. Sampler settings (temperature, top_k, top_p, min_p,
         repeat_penalty, repeat_last_n, logit_bias) as in SamplerParams.
         Stops at an end-of-generation token, a `stop` string (never emitted),
-        max_tokens, a full context, or cancel(). Returns an iterator of Chunk;
-        `self.stats` describes the run when it ends."""
+        max_tokens, a full context (if context_shift is off), or cancel().
+        resume=True continues with the session's last sampler (settings and
+        random state, e.g. restored by load_state) instead of a new one.
+        progress(done, total) is called after each prompt chunk. Returns an
+        iterator of Chunk; `self.stats` describes the run when it ends."""
         if prompt is not None and tokens is not None:
             raise PQError("give prompt or tokens, not both")
         new = []
@@ -349,35 +447,61 @@ class Session:
             raise PQError("nothing to continue: give a prompt or tokens")
         ids = set(self.model.tokenizer.eog_ids) | set(stop_ids or ())
         return self._start(new, replace=False, max_tokens=max_tokens, stop=stop, seed=seed,
-                           stop_ids=ids, sampler=sampler)
+                           stop_ids=ids, sampler=sampler, resume=resume, progress=progress)
 
     def generate_text(self, prompt=None, tokens=None, **kw):
         """generate(), joined into one string."""
         return "".join(c.text for c in self.generate(prompt, tokens, **kw))
 
-    def _start(self, new, replace, max_tokens, stop, seed, stop_ids, sampler):
+    def _start(self, new, replace, max_tokens, stop, seed, stop_ids, sampler, resume=False,
+               progress=None):
         """Check arguments eagerly, then hand back the streaming generator."""
         unknown = set(sampler) - set(_SAMPLER_KEYS)
         if unknown:
             raise TypeError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
-        params = SamplerParams(seed=seed, **sampler).check()
+        if resume:
+            if self.sampler is None:
+                raise PQError("resume=True but the session has no sampler to resume")
+            if sampler or seed is not None:
+                raise PQError("resume=True reuses the saved sampler: give no sampler settings")
+        params = self.sampler.params if resume else SamplerParams(seed=seed, **sampler).check()
         stops = [s for s in (stop or []) if s]
         n_total = len(new) + (0 if replace else len(self._evaluated) + len(self._pending))
+        if n_total > self.n_ctx and not replace and self.context_shift:
+            # appending: shifting can free all but the kept tokens
+            n_total = self._n_keep_now() + len(self._pending) + len(new)
         if n_total > self.n_ctx:
             raise ContextFullError(f"prompt of {n_total} tokens does not fit the session "
                                    f"context of {self.n_ctx}")
-        return self._stream(new, replace, int(max_tokens), stops, set(stop_ids), Sampler(params))
+        samp = self.sampler if resume else Sampler(params)
+        return self._stream(new, replace, int(max_tokens), stops, set(stop_ids), samp, progress)
 
-    def _stream(self, new, replace, max_tokens, stops, stop_ids, sampler):
+    def _stream(self, new, replace, max_tokens, stops, stop_ids, sampler, progress=None):
+        # One generation at a time per session: a second one (another thread,
+        # or an unfinished generator) would interleave two sequences in one cache.
+        if not self._generating.acquire(blocking=False):
+            raise PQError("session is busy with another generation (one at a time per "
+                          "session; use one session per thread)")
+        try:
+            yield from self._stream_locked(new, replace, max_tokens, stops, stop_ids, sampler,
+                                           progress)
+        finally:
+            self._generating.release()
+
+    def _stream_locked(self, new, replace, max_tokens, stops, stop_ids, sampler, progress):
         st = self.stats = GenerationStats()
+        self.sampler = sampler
         self._begin()
         t0 = time.perf_counter()
         try:
             n_before = self._n_evaluated
             if replace:
-                logits = self._sync(new)
+                logits = self._sync(new, progress)
             else:
-                logits = self._eval_tokens(new)
+                while (len(self._evaluated) + len(self._pending) + len(new) > self.n_ctx
+                       and self._shift_context()):
+                    pass  # make room for appended tokens (context_shift on)
+                logits = self._eval_tokens(new, progress)
             st.n_prompt = self._n_evaluated - n_before
         except CancelledError:
             st.finish = "cancelled"
@@ -403,9 +527,11 @@ class Session:
                     st.finish = "length"
                     break
                 if self._pending:  # evaluate the token sampled last step
-                    if len(self._evaluated) >= self.n_ctx:
+                    if len(self._evaluated) >= self.n_ctx and not self._shift_context():
                         st.finish = "context"
-                        break
+                        raise ContextFullError(
+                            f"the session context of {self.n_ctx} tokens is full and "
+                            f"context_shift is off")
                     logits = self._eval_tokens([])
                 tok = sampler.sample(logits, self._evaluated)
                 st.n_gen += 1
@@ -431,6 +557,8 @@ class Session:
             st.finish = "cancelled"
         finally:
             st.t_gen = time.perf_counter() - t1
+            if st.finish is None:  # the caller stopped iterating (GeneratorExit)
+                st.finish = "closed"
         if st.finish in ("stop",):
             return
         tail = held + detok.flush()

@@ -170,7 +170,9 @@ class ChatTemplate:
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise PQError(f"message {i} must be a dict with 'role' and 'content'")
-        ctx = dict(bos_token=self.bos_token, eos_token=self.eos_token)
+        # tools/documents are always defined (as None when absent), as HF does:
+        # templates test `tools is not none`, which is true for an undefined name.
+        ctx = dict(bos_token=self.bos_token, eos_token=self.eos_token, tools=None, documents=None)
         ctx.update(extra)
         try:
             return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,

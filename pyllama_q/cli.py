@@ -97,36 +97,40 @@ def _stream(chunks, session, out):
     worker = threading.Thread(target=work, name="pyllama-q-generate", daemon=True)
     worker.start()
     parts, interrupted = [], False
-    while True:
-        try:
-            kind, val = q.get(timeout=0.25)
-        except queue.Empty:
-            continue
-        except KeyboardInterrupt:
-            interrupted = True
-            session.cancel()
-            continue
-        if kind == "text":
-            if val:
-                parts.append(val)
-                try:
+    try:
+        while True:
+            try:
+                kind, val = q.get(timeout=0.25)
+                if kind == "text" and val:
+                    parts.append(val)
                     out.write(val)
                     out.flush()
+            except queue.Empty:
+                continue
+            except KeyboardInterrupt:
+                interrupted = True
+                session.cancel()
+                continue
+            if kind == "error":
+                raise val
+            if kind == "end":
+                break
+    finally:
+        # Never leave the worker inside the model (e.g. on a broken pipe): the
+        # caller closes the model next.
+        if worker.is_alive():
+            session.cancel()
+            while worker.is_alive():
+                try:
+                    worker.join()
                 except KeyboardInterrupt:
-                    interrupted = True
-                    session.cancel()
-        elif kind == "error":
-            worker.join()
-            raise val
-        else:
-            break
-    worker.join()
+                    pass
     return "".join(parts), interrupted
 
 
 def _print_stats(st, interrupted=False):
     note = {"cancelled": " (interrupted)", "length": " (max tokens)",
-            "context": " (context full: /reset to start over)"}.get(st.finish, "")
+            "context": " (context full)"}.get(st.finish, "")
     if interrupted and not note:
         note = " (interrupted)"
     print(f"[{st.n_gen} tokens, {st.gen_tps:.1f} tok/s | prompt {st.n_prompt} tokens, "
@@ -200,8 +204,12 @@ def cmd_chat(a):
             try:
                 line = _read_line(tty)
             except KeyboardInterrupt:
-                print(file=sys.stderr)
-                return 0
+                if not tty:  # reading a pipe: Ctrl-C is the way out
+                    return 130
+                # like a shell: Ctrl-C drops the line being typed; a late Ctrl-C
+                # meant for a reply must not end the conversation
+                print("\n(Ctrl-D or /exit to quit)", file=sys.stderr)
+                continue
             if line is None:
                 return 0
             text = line.strip()

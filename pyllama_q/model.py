@@ -18,8 +18,9 @@ from ._pq import ffi, lib
 from .errors import FormatError, UnsupportedError, check
 from .gguf import GGUFFile, type_name
 
-# Weight types the forward pass can multiply by (ggml type ids).
-MATMUL_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}
+# Weight types the forward pass can multiply by (ggml type ids); the kernel
+# layer has the final word (pq_type_supported).
+MATMUL_TYPES = {t: type_name(t) for t in (0, 1, 30, 2, 3, 8) if lib.pq_type_supported(t)}
 KV_TYPES = {"f32": lib.PQ_TYPE_F32, "f16": lib.PQ_TYPE_F16}
 
 # GGUF tensor name -> C role (global tensors).
@@ -103,6 +104,19 @@ def read_hparams(g):
     return hp
 
 
+def _expected_shape(hp, role):
+    """GGUF shape (ne0, ne1) or (ne0,) a role must have, for error messages."""
+    q, kv = hp["n_heads"] * hp["head_dim"], hp["n_kv_heads"] * hp["head_dim"]
+    d, f = hp["dim"], hp["ffn_dim"]
+    return {
+        lib.PQ_T_TOK_EMBD: (d, hp["n_vocab"]), lib.PQ_T_OUTPUT: (d, hp["n_vocab"]),
+        lib.PQ_T_OUTPUT_NORM: (d,), lib.PQ_T_ATTN_NORM: (d,), lib.PQ_T_FFN_NORM: (d,),
+        lib.PQ_T_ROPE_FREQS: (hp["rope_dim"] // 2,), lib.PQ_T_WQ: (d, q),
+        lib.PQ_T_WK: (d, kv), lib.PQ_T_WV: (d, kv), lib.PQ_T_WO: (q, d),
+        lib.PQ_T_FFN_GATE: (d, f), lib.PQ_T_FFN_UP: (d, f), lib.PQ_T_FFN_DOWN: (f, d),
+    }[role]
+
+
 class Weights:
     """A llama GGUF model loaded for the C forward pass.
 
@@ -111,17 +125,17 @@ class Weights:
     `gguf` the open GGUFFile (metadata for tokenizers and templates).
     """
 
-    def __init__(self, path, n_threads=None):
+    def __init__(self, path, n_threads=None, progress=None):
         self._ptr = None
         self._contexts = weakref.WeakSet()
         self.gguf = GGUFFile(path)
         try:
-            self._build(n_threads)
+            self._build(n_threads, progress)
         except BaseException:
             self.close()
             raise
 
-    def _build(self, n_threads):
+    def _build(self, n_threads, progress=None):
         g = self.gguf
         self.path = g.path
         self.hparams = hp = read_hparams(g)
@@ -130,7 +144,10 @@ class Weights:
         check(lib.pq_model_init(pp, chp, 0 if n_threads is None else int(n_threads)),
               f"{self.path}: model")
         self._ptr = pp[0]
-        for name, t in g.tensors.items():
+        n_tensors = len(g.tensors)
+        for i_tensor, (name, t) in enumerate(g.tensors.items()):
+            if progress is not None:  # fraction of tensors handed to the C model
+                progress(i_tensor / max(n_tensors, 1))
             rl = _role_of(name)
             if rl is None:
                 continue
@@ -151,8 +168,8 @@ class Weights:
             st = lib.pq_model_set_tensor(self._ptr, role, layer, t.type,
                                          ffi.cast("void *", g.address(name)), ne0, ne1)
             if st == lib.PQ_ERR_SHAPE:
-                raise FormatError(f"{where}: shape {t.shape} does not match the "
-                                  f"hyperparameters {hp}")
+                raise FormatError(f"{where}: shape {tuple(t.shape)} does not match the "
+                                  f"hyperparameters (expected {_expected_shape(hp, role)})")
             check(st, where)
         st = lib.pq_model_finalize(self._ptr)
         if st == lib.PQ_ERR_MISSING:

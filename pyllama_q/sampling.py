@@ -8,9 +8,10 @@ What it is: a small numpy sampler with its own seeded `np.random.Generator`
 Greedy decoding (temperature <= 0) is the argmax after bias and penalty.
 What it is not: a grammar/constrained sampler, or mirostat/typical/DRY.
 
-Cost per token: one pass over the vocabulary for the argpartition of top-k
-(O(n_vocab), no full sort of a 128k vocabulary); the sort, softmax and cumulative
-sums run on the k survivors only. With top_k <= 0 the whole vocabulary is sorted.
+Cost per token: top-k selection is O(n_vocab) (a threshold from a 1/8
+subsample, then an exact partition of the few hundred entries above it; no
+sort of a 128k vocabulary); the sort, softmax and cumulative sums run on the k
+survivors only. With top_k <= 0 the whole vocabulary is sorted.
 """
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence
@@ -89,10 +90,10 @@ class Sampler:
         if p.greedy:
             return np.array([int(np.argmax(x))], dtype=np.int64), np.ones(1)
 
-        # top-k: argpartition is O(n); only the k survivors get sorted.
+        # top-k: O(n) selection; only the k survivors get sorted.
         n = x.size
         if 0 < p.top_k < n:
-            ids = np.argpartition(-x, p.top_k - 1)[:p.top_k]
+            ids = _top_k_ids(x, p.top_k)
         else:
             ids = np.arange(n)
         ids = ids[np.argsort(-x[ids], kind="stable")]
@@ -122,3 +123,22 @@ class Sampler:
         r = self.rng.random()
         i = int(np.searchsorted(np.cumsum(probs), r, side="right"))
         return int(ids[min(i, ids.size - 1)])
+
+
+def _top_k_ids(x, k):
+    """Ids of the k largest entries of x (n,), in no particular order.
+
+    A full argpartition of a 128k vocabulary costs several ms; instead the k-th
+    largest of every 8th entry is a threshold t with at least k entries >= t,
+    so every true top-k entry is >= t too. Only the few hundred entries >= t
+    are then partitioned exactly. Cost: one comparison pass plus n/8 selection.
+    """
+    n = x.size
+    if n < 64 * k:
+        return np.argpartition(-x, k - 1)[:k]
+    sub = x[::8]
+    t = np.partition(sub, sub.size - k)[sub.size - k]
+    cand = np.flatnonzero(x >= t)
+    if cand.size <= k:
+        return cand
+    return cand[np.argpartition(-x[cand], k - 1)[:k]]

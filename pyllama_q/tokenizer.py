@@ -203,9 +203,9 @@ class Tokenizer:
             parts.append(b)
         return b"".join(parts).decode("utf-8", "replace")
 
-    def detokenizer(self, skip_special=True):
-        """A fresh streaming Detokenizer for this tokenizer."""
-        return Detokenizer(self, skip_special)
+    def detokenizer(self, skip_special=True, at_start=True):
+        """A fresh streaming Detokenizer for this tokenizer (see there)."""
+        return Detokenizer(self, skip_special, at_start)
 
     # ---- construction ---------------------------------------------------
 
@@ -231,13 +231,17 @@ class Detokenizer:
     Bytes of a multi-byte UTF-8 character split across tokens are held back
     until the character is complete; flush() returns what is left (a broken
     tail becomes U+FFFD, exactly as decode() would render it). The
-    concatenation of all feed() results and flush() equals decode(ids)."""
+    concatenation of all feed() results and flush() equals decode(ids).
 
-    def __init__(self, tokenizer, skip_special=True):
+    at_start=False says the ids continue earlier text (generation after a
+    prompt): then the first token keeps its leading space even for
+    SentencePiece, whose decode() drops it at the start of a text."""
+
+    def __init__(self, tokenizer, skip_special=True, at_start=True):
         self._tok = tokenizer
         self._skip = skip_special
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
-        self._first = True
+        self._first = bool(at_start)
 
     def feed(self, token_id):
         b, self._first = self._tok._piece(token_id, self._skip, self._first)

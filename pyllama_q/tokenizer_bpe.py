@@ -20,7 +20,7 @@ import heapq
 import regex
 
 from .errors import FormatError, UnsupportedError
-from .tokenizer import TT_NORMAL, Tokenizer
+from .tokenizer import Tokenizer
 
 # GPT-2's ByteLevel pattern (HF ByteLevel pre-tokenizer with use_regex=True).
 PAT_GPT2 = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

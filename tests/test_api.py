@@ -224,8 +224,12 @@ def test_context_full_and_bad_arguments():
     with pytest.raises(TypeError, match="temprature"):
         s.generate("x", temprature=0.5)
     FakeKV.script, FakeKV.start = list(b"q" * 40), 2
-    assert len(s.generate_text("x", max_tokens=100, temperature=0)) == 16 - 2 + 1
-    assert s.stats.finish == "context"
+    s = m.session(context_shift=False)  # with the shift off a full context is an error
+    got = []
+    with pytest.raises(ContextFullError, match="context_shift is off"):
+        for c in s.generate("x", max_tokens=100, temperature=0):
+            got.append(c.text)
+    assert len("".join(got)) == 16 - 2 + 1 and s.stats.finish == "context"
 
 
 def test_session_eval_appends_in_batches_and_reset():
@@ -306,3 +310,52 @@ def test_real_info(model):
     assert info["chat_template"] == "chatml (from file)"
     assert info["kernels"]["kernels"] == pyllama_q.cpu_info()["kernels"]
     assert "Q4_1" in info["tensor_types"]
+
+
+@pytest.mark.slow
+def test_real_cancel_from_another_thread_during_long_prompt(sample_model):
+    pytest.importorskip("pyllama_q.model")
+    with pyllama_q.load(sample_model, n_ctx=2048, n_batch=64) as m:
+        s = m.session()
+        prompt = m.tokenize("The quick brown fox jumps over the lazy dog. " * 150)
+        assert len(prompt) > 1500
+        timer = threading.Timer(0.3, s.cancel)
+        timer.start()
+        try:
+            text = s.generate_text(tokens=prompt, max_tokens=4, temperature=0)
+        finally:
+            timer.cancel()
+        assert text == "" and s.stats.finish == "cancelled"
+        # whatever was evaluated is a prefix of the prompt, in whole chunks
+        assert s.tokens == prompt[:len(s.tokens)] and len(s.tokens) % 64 == 0
+        assert len(s.tokens) < len(prompt)
+        # the session is usable afterwards and agrees with a fresh one
+        s.reset()
+        a = s.generate_text("The capital of France is", max_tokens=6, temperature=0)
+        b = m.session().generate_text("The capital of France is", max_tokens=6, temperature=0)
+        assert a == b and s.stats.finish in ("length", "eog")
+
+
+@pytest.mark.slow
+def test_real_close_while_another_thread_generates(sample_model):
+    pytest.importorskip("pyllama_q.model")
+    m = pyllama_q.load(sample_model, n_ctx=1024)
+    s = m.session()
+    started, result = threading.Event(), {}
+
+    def work():
+        try:
+            for i, _ in enumerate(s.generate("Once upon a time", max_tokens=500, seed=1)):
+                started.set()
+            result["finish"] = s.stats.finish
+        except PQError as e:
+            result["error"] = str(e)
+        started.set()
+
+    t = threading.Thread(target=work)
+    t.start()
+    assert started.wait(60)
+    m.close()          # must wait for the evaluation, not free memory under it
+    t.join(60)
+    assert not t.is_alive()
+    assert result.get("finish") == "cancelled" or "closed" in result.get("error", "")

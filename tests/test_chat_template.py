@@ -77,7 +77,7 @@ RICH = """
   [{{ ns.n }}:{{ m.role }}] {{ m.content | tojson }}
   {% if ns.n > 5 %}{% break %}{% endif %}
 {% endfor %}
-{% if tools %}TOOLS {{ tools | tojson(indent=2, sort_keys=true) }}{% endif %}
+{% if tools is not none %}TOOLS {{ tools | tojson(indent=2, sort_keys=true) }}{% endif %}
 {% if messages | length == 0 %}{{ raise_exception('no messages') }}{% endif %}
 {{ strftime_now('%Y') | length }}
 {% if add_generation_prompt %}>>{% endif %}

@@ -68,6 +68,11 @@ def test_info_prints_kernels_and_model_facts(sample_model):
     assert "MOSTLY_Q4_1" in out and "Q4_1 x" in out
     assert "chat template: chatml (from file)" in out
     assert f"kernels:       {pyllama_q.cpu_info()['kernels']}" in out
+    import json
+    r = run("info", sample_model, "--json")
+    d = json.loads(r.stdout)
+    assert d["hparams"]["n_head_kv"] == 3 and d["n_tensors"] == 272
+    assert d["kernels"]["kernels"] == pyllama_q.cpu_info()["kernels"]
 
 
 # --- with the real model (needs the forward pass and tokenizer) ------------------------------
@@ -128,8 +133,35 @@ def test_chat_on_a_terminal_with_ctrl_c(runnable):
         child.sendline("/help")
         child.expect("/exit")
         child.expect("> ")
+        child.kill(signal.SIGINT)  # Ctrl-C at the prompt drops the line, keeps the chat
+        child.expect("to quit")
+        child.expect("> ")
         child.sendeof()
         child.expect(pexpect.EOF)
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+@pytest.mark.slow
+def test_generate_into_a_closed_pipe_exits_quietly(runnable):
+    # like `pyllama-q generate ... | head -c 10`: the reader leaves mid-stream
+    p = subprocess.Popen(CMD + ["generate", runnable, "-p", "Hi", "-n", "300", "--seed", "3"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_generate_sigint_stops_with_status_130(runnable):
+    p = subprocess.Popen(CMD + ["generate", runnable, "-p", "Write a long story:", "-n", "2000",
+                                "--seed", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    p.stdout.read(40)  # it is generating
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err

@@ -111,8 +111,11 @@ def assert_close(got, ref, atol, what):
 
 
 # (rows, cols, n_tok): rows not multiples of 4/8/16, odd token counts.
+# 1056 cols = 33 blocks: 16 block pairs (one full group of collected Q4_1
+# minima on AVX-512), then a lone block.
 SHAPES = [(1, 32, 1), (3, 64, 2), (5, 96, 3), (13, 256, 5), (37, 4096, 1),
-          (19, 544, 7), (11, 2048, 17), (6, 1024, 4), (33, 160, 8)]
+          (19, 544, 7), (11, 2048, 17), (6, 1024, 4), (33, 160, 8), (9, 1056, 1),
+          (7, 1056, 3)]
 FLOAT_ONLY_SHAPES = [(3, 7, 1), (5, 33, 3), (9, 100, 5), (2, 1, 2), (17, 515, 9)]
 
 

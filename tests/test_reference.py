@@ -46,6 +46,48 @@ TEXT = (
 )
 N_GEN = 32
 
+# More text for the quantized comparison: top-1 agreement over ~1000
+# positions instead of ~300, so that a handful of near-ties flipping one way
+# or the other (which depends on summation order) no longer decides the test.
+MORE_TEXT = (
+    " The next morning the weather turned. A grey wall of cloud rolled in from the sea, "
+    "and by noon the rain was coming sideways across the dunes. Ada made a pot of tea, "
+    "sat at the kitchen table and began to make a list of everything she would have to "
+    "pack: the books, the barometer her father had given her, two wool blankets, the "
+    "brass telescope, a box of letters, and the small clock that had never kept good time. "
+    "She counted the years she had spent at the lighthouse on her fingers and came to "
+    "twenty-seven, then counted again to be sure.\n\n"
+    "\"You could come to the city,\" her sister had written the previous winter. \"There "
+    "is a room above the bakery, and the baker needs someone to keep his accounts.\" Ada "
+    "had laughed at the idea then. Now she took the letter out of the drawer and read it "
+    "again, slowly, while the wind rattled the windows.\n\n"
+    "Engineers arrived a week later with crates of equipment. They were young, polite and "
+    "in a hurry. One of them, a tall man with ink on his fingers, showed her the new "
+    "beacon: a sealed cylinder with a battery, a sensor that measured the light outside, "
+    "and a clockwork timer as a backup. \"It will run for two years without anyone "
+    "touching it,\" he said proudly. Ada asked what would happen if a gull built a nest "
+    "on top of it, and he did not have an answer.\n\n"
+    "To check the timer, the engineers wrote a short program on a portable computer:\n\n"
+    "def next_flash(t, period=12.5, offset=3.0):\n"
+    "    # seconds until the next flash after time t\n"
+    "    phase = (t - offset) % period\n"
+    "    return period - phase if phase > 0 else 0.0\n\n"
+    "for t in range(0, 60, 10):\n"
+    "    print(t, round(next_flash(t), 2))\n\n"
+    "The numbers scrolled past on the little screen: 0, 10, 20, 30, 40 and 50 seconds, "
+    "each with its answer. Ada watched them with polite interest and then went back to "
+    "her packing. On her last evening she walked along the beach at low tide. The sand "
+    "was firm and ribbed by the water, and the pools between the rocks held crabs, "
+    "starfish and a single lost shoe. She thought about the ships she had recorded in "
+    "the logbook over the years, more than nine thousand of them by her own count, and "
+    "about the three that had not made it past the reef before the lamp was built. "
+    "When she reached the end of the spit she turned around and looked back at the "
+    "tower. The new beacon blinked once, twice, three times, exactly on schedule, and "
+    "for the first time in twenty-seven years the light was not hers to keep. She "
+    "stood there until her feet were cold, then walked home in the dark, and in the "
+    "morning she caught the early train to the city."
+)
+
 
 def _kl_top1(ref_logits, ours):
     """Mean over positions of KL(ref || ours) in nats, and top-1 agreement."""
@@ -144,12 +186,17 @@ def build_reference(sample_model, tmp_dir):
         os.path.dirname(sample_model), gguf_file=os.path.basename(sample_model))
     ids = tok(TEXT)["input_ids"]
     assert len(ids) >= 200, len(ids)
+    # The long sequence starts with ids, so its first len(ids) logits are
+    # those of the short one (causal attention).
+    long_ids = ids + tok(MORE_TEXT)["input_ids"]
+    assert len(long_ids) >= 900, len(long_ids)
     with torch.no_grad():
+        long_logits = model(torch.tensor([long_ids])).logits[0].double().numpy()
         x = torch.tensor([ids])
-        logits = model(x).logits[0].double().numpy()
         gen = model.generate(x, max_new_tokens=N_GEN, do_sample=False,
                              attention_mask=torch.ones_like(x))[0, len(ids):].tolist()
-    return dict(ids=ids, logits=logits, gen=gen, tok=tok, f32_path=f32_path)
+    return dict(ids=ids, logits=long_logits[:len(ids)], gen=gen, tok=tok, f32_path=f32_path,
+                long_ids=long_ids, long_logits=long_logits)
 
 
 def _ours(path, ids, n_gen=0):
@@ -168,8 +215,9 @@ def test_f32_copy_matches_transformers(reference):
     logits, gen = _ours(ref["f32_path"], ref["ids"], N_GEN)
     kl_mean, kl_max, top1 = _kl_top1(ref["logits"], logits)
     print(f"F32 copy: n={len(ref['ids'])} mean KL {kl_mean:.3g} max KL {kl_max:.3g} top1 {top1:.4f}")
-    # Measured once (288 tokens, F16 KV cache, the default; tmp scalar kernels):
-    # mean KL 3.65e-7, max KL 6.1e-6, top-1 1.0. Bounds ~5-8x above.
+    # Measured (288 tokens, F16 KV cache, the default): scalar kernels mean KL
+    # 3.65e-7, max KL 6.1e-6; avx512vnni 3.38e-7, 4.3e-6; top-1 1.0 both.
+    # Bounds ~5-10x above.
     assert kl_mean < 2e-6
     assert kl_max < 5e-5
     assert top1 == 1.0
@@ -178,14 +226,19 @@ def test_f32_copy_matches_transformers(reference):
 
 def test_q4_1_file_close_to_transformers(reference, sample_model):
     ref = reference
-    logits, _ = _ours(sample_model, ref["ids"])
-    kl_mean, kl_max, top1 = _kl_top1(ref["logits"], logits)
-    print(f"Q4_1 file: mean KL {kl_mean:.4g} max KL {kl_max:.3g} top1 {top1:.4f}")
-    # The bounds are llama.cpp's own numbers on this file and these tokens,
-    # measured once with llama-cpp-python 0.3.36: Llama(model_path,
-    # logits_all=True, n_ctx=512, n_batch=512, n_threads=1).eval(ids), scores
-    # against this same reference: mean KL 2.825e-3, max KL 0.0152, top-1
-    # 0.9444 (272/288). Ours measured at the same time: mean KL 2.628e-3,
-    # max KL 0.0167, top-1 0.9583 (276/288).
-    assert kl_mean <= 2.825e-3
-    assert top1 >= 272 / 288
+    logits, _ = _ours(sample_model, ref["long_ids"])
+    kl_mean, kl_max, top1 = _kl_top1(ref["long_logits"], logits)
+    n = len(ref["long_ids"])
+    print(f"Q4_1 file: n={n} mean KL {kl_mean:.4g} max KL {kl_max:.3g} top1 {top1:.4f}")
+    # The bounds are llama.cpp's own numbers on this file and these 913
+    # tokens, measured once with llama-cpp-python 0.3.36 (built from source,
+    # AVX-512): Llama(model_path, logits_all=True, n_ctx=2048, n_batch=512,
+    # n_threads=1).eval(long_ids), scored against this same reference: mean KL
+    # 2.610e-3, max KL 0.0180, top-1 868/913. Ours at the same time: scalar
+    # 2.544e-3 / 883; avx2 2.518e-3 / 883; avx512 and avx512vnni 2.530e-3 / 875.
+    # (On the first 288 tokens alone top-1 swung between 271 and 278 with the
+    # summation order of the kernels, against llama.cpp's 272: too few
+    # positions to rank two engines, hence the longer text.)
+    assert n == 913
+    assert kl_mean <= 2.610e-3
+    assert round(top1 * n) >= 868

@@ -105,3 +105,19 @@ def test_large_vocab_top_k_path():
 def test_bad_params_name_the_setting():
     with pytest.raises(ValueError, match="top_p"):
         Sampler(SamplerParams(top_p=0))
+
+
+@pytest.mark.parametrize("k", [1, 40, 100])
+def test_top_k_selection_matches_full_argsort(k):
+    from pyllama_q.sampling import _top_k_ids
+
+    rng = np.random.default_rng(k)
+    cases = [rng.normal(size=128256), rng.standard_cauchy(size=49152),
+             np.round(rng.normal(size=50000), 1),          # many ties
+             np.sort(rng.normal(size=32000))]               # top-k all at the end
+    for x in cases:
+        x = x.astype(np.float32)
+        got = _top_k_ids(x, k)
+        assert len(got) == k and len(set(got.tolist())) == k
+        # the k-th largest value is the same (ties may pick different ids)
+        np.testing.assert_array_equal(np.sort(x[got]), np.sort(x)[-k:])

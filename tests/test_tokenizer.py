@@ -9,7 +9,6 @@ Reference tokenizers are built in tests/vocabs.py without pyllama_q's tokenizer 
 import random
 import time
 
-import numpy as np
 import pytest
 
 import vocabs
@@ -337,6 +336,10 @@ def test_detokenizer_holds_split_utf8(spm, llama3):
     d = spm_tok.detokenizer()
     assert d.feed(ids[0]) == "a" and d.feed(ids[1]) == "" and d.feed(ids[2]) == ""
     assert d.flush() == "\ufffd" == spm_tok.decode(ids[1:3])
+    # Continuing a prompt: the first generated token keeps its space.
+    hello = spm_tok.encode(" world", add_bos=False)[-1]
+    assert spm_tok.detokenizer().feed(hello) == "world"
+    assert spm_tok.detokenizer(at_start=False).feed(hello) == " world"
     tok = llama3[0]
     d = tok.detokenizer()
     s = "".join(d.feed(i) for i in tok.encode("🦙 😀 👍🏽", add_bos=False)) + d.flush()
