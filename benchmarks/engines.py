@@ -50,11 +50,11 @@ class LlamaCpp:
         self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:
             raise RuntimeError(f"{path}: llama.cpp could not create a context")
-        self.flash_attn = int(cp.flash_attn_type)
         self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
         self.batch = L.llama_batch_init(n_batch, 0, 1)
         self.mem = L.llama_get_memory(self.ctx)
         self.version = getattr(L, "__version__", "?")
+        self.system_info = L.llama_print_system_info().decode().strip(" |")
 
     def _fill(self, tokens, pos0):
         b = self.batch
