@@ -328,6 +328,10 @@ AI void tile_f(const int kind, const int R, const int T, int64_t cols, const cha
     for (int64_t i = 0; i < cols; i += 16) {
         const __mmask16 m = cols - i >= 16 ? 0xffff : (__mmask16)((1u << (cols - i)) - 1);
         __m512 wv[4];
+        /* decode: prefetch as in pair_step, one line per row per 64 bytes */
+        if (T == 1 && (kind == K_F32 || (i & 31) == 0))
+            for (int r = 0; r < R; r++)
+                _mm_prefetch(w + r * ws + pf_tiles_bytes(R, ws) + i * (kind == K_F32 ? 4 : 2), _MM_HINT_T1);
         for (int r = 0; r < R; r++) wv[r] = load_w16(kind, w + r * ws, i, m);
         for (int t = 0; t < T; t++) {
             const __m512 xv = _mm512_maskz_loadu_ps(m, (const float *)(x + t * xs) + i);
