@@ -58,15 +58,6 @@ AI __m512i dot_u8s8(const int vnni, __m512i acc, __m512i u8, __m512i s8) {
 
 enum { K_Q4_0, K_Q4_1, K_Q8_0 };
 
-/* Decode prefetch distance: about 64 KiB ahead (a fraction of L2), as a whole
- * number of R-row tiles of ws-byte rows. Measured 16, 32 and 64 KiB and 2-4
- * tiles on 576- and 4096-column matrices; 64 KiB was as good as any. */
-enum { PF_AHEAD = 64 << 10 };
-AI size_t pf_tiles_bytes(const int R, size_t ws) {
-    const size_t tile = (size_t)R * ws;
-    return (PF_AHEAD + tile - 1) / tile * tile;
-}
-
 /* Weight-side data of one block pair of one row. */
 typedef struct {
     __m512i q;  /* u8 operand of the dot product */
@@ -196,7 +187,7 @@ AI void pair_step(const int kind, const int vnni, const int R, const int T, cons
              * the same column) ahead of the block pair in use. The hardware
              * prefetcher alone kept a 30 MB Q8_0 matvec with 612-byte rows at
              * ~6 GB/s; with this ~11 GB/s (1 thread, CPU time, loaded box). */
-            _mm_prefetch(w + r * ws + pf_tiles_bytes(R, ws), _MM_HINT_T1);
+            _mm_prefetch(w + r * ws + pq_prefetch_ahead(R, ws), _MM_HINT_T1);
             const wpair wp = load_w(kind, vnni, two, w + r * ws);
             acc[r][0] = step(kind, vnni, acc[r][0], &wp, &xp);
             if (kind == K_Q4_1) mw[r] = _mm512_mask_permutexvar_epi16(mw[r], sm, idx_load(IDX_Q4_1_M), wp.z);
@@ -331,7 +322,7 @@ AI void tile_f(const int kind, const int R, const int T, int64_t cols, const cha
         /* decode: prefetch as in pair_step, one line per row per 64 bytes */
         if (T == 1 && (kind == K_F32 || (i & 31) == 0))
             for (int r = 0; r < R; r++)
-                _mm_prefetch(w + r * ws + pf_tiles_bytes(R, ws) + i * (kind == K_F32 ? 4 : 2), _MM_HINT_T1);
+                _mm_prefetch(w + r * ws + pq_prefetch_ahead(R, ws) + i * (kind == K_F32 ? 4 : 2), _MM_HINT_T1);
         for (int r = 0; r < R; r++) wv[r] = load_w16(kind, w + r * ws, i, m);
         for (int t = 0; t < T; t++) {
             const __m512 xv = _mm512_maskz_loadu_ps(m, (const float *)(x + t * xs) + i);
