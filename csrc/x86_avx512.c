@@ -188,6 +188,9 @@ AI void pair_step(const int kind, const int vnni, const int R, const int T, cons
              * prefetcher alone kept a 30 MB Q8_0 matvec with 612-byte rows at
              * ~6 GB/s; with this ~11 GB/s (1 thread, CPU time, loaded box). */
             _mm_prefetch(w + r * ws + pq_prefetch_ahead(R, ws), _MM_HINT_T1);
+            /* a Q8_0 pair is 68 bytes: one prefetch per pair would skip a
+             * line now and then, which measured as half the bandwidth */
+            if (kind == K_Q8_0) _mm_prefetch(w + r * ws + pq_prefetch_ahead(R, ws) + 64, _MM_HINT_T1);
             const wpair wp = load_w(kind, vnni, two, w + r * ws);
             acc[r][0] = step(kind, vnni, acc[r][0], &wp, &xp);
             if (kind == K_Q4_1) mw[r] = _mm512_mask_permutexvar_epi16(mw[r], sm, idx_load(IDX_Q4_1_M), wp.z);
