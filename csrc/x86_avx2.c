@@ -141,6 +141,7 @@ AI void tile_q(const int kind, const int R, const int T, int64_t nb, const char 
     for (int r = 0; r < R; r++) accmv[r] = _mm_setzero_ps();
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) { acc[r][t] = _mm256_setzero_ps(); accm[r][t] = 0.0f; }
+    const size_t pf = pq_prefetch_ahead(R, ws);
     for (int64_t b = 0; b < nb; b++) {
         if (T == 1) { /* decode: one activation block, R rows each loaded just before use */
             const float dx = f16_load(x + b * xbs);
@@ -154,6 +155,9 @@ AI void tile_q(const int kind, const int R, const int T, int64_t nb, const char 
             const __m128 dsx = _mm_cvtph_ps(_mm_cvtsi32_si128((int)xds));
             for (int r = 0; r < R; r++) {
                 const char *wb = w + r * ws + b * wbs;
+                /* software prefetch into L2 (x86_common.h), about one line per
+                 * row per 64 bytes: every block for Q8_0, every other for Q4 */
+                if (kind == K_Q8_0 || (b & 1) == 0) _mm_prefetch(wb + pf, _MM_HINT_T1);
                 if (kind == K_Q4_1) {
                     uint32_t wdm;
                     memcpy(&wdm, wb, 4);
@@ -290,6 +294,10 @@ AI void tile_f(const int kind, const int R, const int T, int64_t cols, const cha
     int64_t i = 0;
     for (; i + 8 <= cols; i += 8) {
         __m256 wv[4];
+        /* decode: L2 prefetch as in tile_q, one line per row per 64 bytes */
+        if (T == 1 && (i & (kind == K_F32 ? 15 : 31)) == 0)
+            for (int r = 0; r < R; r++)
+                _mm_prefetch(w + r * ws + pq_prefetch_ahead(R, ws) + i * (kind == K_F32 ? 4 : 2), _MM_HINT_T1);
         for (int r = 0; r < R; r++) wv[r] = load_w8(kind, w + r * ws, i);
         for (int t = 0; t < T; t++) {
             const __m256 xv = _mm256_loadu_ps((const float *)(x + t * xs) + i);
