@@ -23,6 +23,7 @@ from typing import NamedTuple
 from .chat_template import from_metadata as _template_from_metadata
 from .errors import CancelledError, ContextFullError, PQError
 from .sampling import Sampler, SamplerParams
+from ._closing import Closable
 
 _SAMPLER_KEYS = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
                  "logit_bias")
@@ -78,7 +79,7 @@ def _metadata_of(weights):
     return md
 
 
-class Model:
+class Model(Closable):
     """Weights, tokenizer and chat template; sessions share them."""
 
     def __init__(self, path, n_threads=None, n_ctx=2048, kv_type="f16", n_batch=512,
@@ -212,11 +213,6 @@ class Model:
             self.weights.close()
             self.weights = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _lstrip_reply(chunks):
@@ -240,7 +236,7 @@ def _n_threads_of(weights):
     return None
 
 
-class Session:
+class Session(Closable):
     """One KV cache. `tokens` is the sequence the session stands for: what the
     cache holds, plus at most one last sampled token that is evaluated lazily
     (when generation continues), so stopping costs no extra forward step."""
@@ -339,11 +335,6 @@ class Session:
         self.n_shifts += 1
         return True
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     # -- evaluation ---------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from collections import namedtuple
 import numpy as np
 
 from .errors import FormatError
+from ._closing import Closable
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -123,7 +124,7 @@ class _Cursor:
         self.fail(f"{what}: unsupported array element type {etype}")
 
 
-class GGUFFile:
+class GGUFFile(Closable):
     """An opened, validated GGUF file.
 
     `metadata`: dict key -> str | int | float | bool | numpy array (numeric
@@ -260,11 +261,6 @@ class GGUFFile:
             except BufferError:
                 pass  # views still alive: the map closes when they are collected
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self):
         return f"GGUFFile({self.path!r}, v{self.version}, {len(self.tensors)} tensors)"

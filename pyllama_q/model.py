@@ -17,6 +17,7 @@ import numpy as np
 from ._pq import ffi, lib
 from .errors import FormatError, UnsupportedError, check
 from .gguf import GGUFFile, type_name
+from ._closing import OwnsC
 
 # Weight types the forward pass can multiply by (ggml type ids); the kernel
 # layer has the final word (pq_type_supported).
@@ -117,7 +118,7 @@ def _expected_shape(hp, role):
     }[role]
 
 
-class Weights:
+class Weights(OwnsC):
     """A llama GGUF model loaded for the C forward pass.
 
     `n_threads`: workers of the model's thread pool (None or <= 0: the number
@@ -201,20 +202,9 @@ class Weights:
         if g is not None:
             g.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
-class KVContext:
+class KVContext(OwnsC):
     """One session: a KV cache of n_ctx positions over a Weights.
 
     `eval(tokens, pos)` runs tokens at positions pos..pos+len-1 (any number,
@@ -287,14 +277,3 @@ class KVContext:
         if p is not None:
             lib.pq_ctx_free(p)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
