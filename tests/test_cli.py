@@ -111,8 +111,10 @@ def test_chat_through_a_pipe(runnable):
 @pytest.mark.slow
 def test_chat_on_a_terminal_with_ctrl_c(runnable):
     pexpect = pytest.importorskip("pexpect")
+    # -n 400: the interrupted reply must still be running when Ctrl-C comes
+    # (48 tokens took only 0.6 s here once decode got faster).
     child = pexpect.spawn(sys.executable, ["-m", "pyllama_q", "chat", runnable, "--temp", "0",
-                                           "-n", "48", *SYSTEM], encoding="utf-8", timeout=120,
+                                           "-n", "400", *SYSTEM], encoding="utf-8", timeout=120,
                           dimensions=(40, 200))
     try:
         child.expect("/help")
@@ -126,7 +128,9 @@ def test_chat_on_a_terminal_with_ctrl_c(runnable):
         child.expect("reset")
         child.expect("> ")
         child.sendline("Write a very long story about a dragon, at least 2000 words.")
-        time.sleep(1.5)
+        child.expect("2000 words.")     # the terminal's echo of the line
+        child.expect(r"\w")             # the first letters of the reply
+        time.sleep(0.2)
         child.kill(signal.SIGINT)
         child.expect(r"interrupted")
         child.expect("> ")
