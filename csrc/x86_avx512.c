@@ -54,6 +54,13 @@ AI __m512i dot_u8s8(const int vnni, __m512i acc, __m512i u8, __m512i s8) {
     return _mm512_add_epi32(acc, _mm512_madd_epi16(p16, _mm512_set1_epi16(1)));
 }
 
+/* One fp16 value at p -> f32 (F16C). */
+AI float f16_load(const void *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
 /* ---- quantized gemm ------------------------------------------------------------- */
 
 enum { K_Q4_0, K_Q4_1, K_Q8_0 };
@@ -266,6 +273,139 @@ AI void tile_q_tokens(const int kind, const int vnni, const int R, int T, int64_
     }
 }
 
+/* ---- Q4 decode (n_tok == 1): four blocks per row per step ------------------------ */
+
+/* A decode matvec reads every weight once, so its cost is instructions per
+ * weight. Here a row's four consecutive blocks (Q4_0 72 bytes, Q4_1 80) take
+ * two loads and one vpermt2w to gather their 64 quant bytes, one and / shift
+ * / and to split the nibbles, two dot products, one vpermw + cvtph for the
+ * four scales and one fma, against activations re-laid once per call (xquad)
+ * so that no per-row activation shuffle is left. The pair kernels above need
+ * about 1.5x the instructions per weight. */
+
+/* Activations of four blocks, matching the weight layout below: lanes (int32
+ * or f32) 4i..4i+3 and bytes 16i..16i+15 belong to block i of the four. */
+typedef struct {
+    __m512i lo; /* elements 0..15 of each block (meet the low nibbles) */
+    __m512i hi; /* elements 16..31 (meet the high nibbles) */
+    __m512i c;  /* Q4_0: int32 start of the dot, -8*sum(x) spread over the
+                 * block's 4 lanes; Q4_1: f32 s of block i in lane 4i, 0 elsewhere */
+    __m512 d;   /* f32 activation scale of block i in lanes 4i..4i+3 */
+} xquad;        /* 256 bytes */
+
+/* Columns re-laid per pass: 64 quads = 8192 columns = 16 KiB of stack; longer
+ * rows go in several passes over the rows, each adding into Y. */
+enum { QUAD_CHUNK = 64 };
+
+/* Word indices into a quad's two loads (a = bytes 0..63, b = bytes QB_OFF..
+ * QB_OFF+63; vpermt2w index 32+k is word k of b): the four blocks' 16 quant
+ * bytes each, and their scales (Q4_1: minima in words 16..31). */
+#define IDX static const short __attribute__((aligned(64)))
+IDX IDX4_Q4_0_QS[32] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17,
+                        19, 20, 21, 22, 23, 24, 25, 26, 56, 57, 58, 59, 60, 61, 62, 63};
+IDX IDX4_Q4_0_D[32] = {0, 0, 0, 0, 9, 9, 9, 9, 18, 18, 18, 18, 27, 27, 27, 27};
+IDX IDX4_Q4_1_QS[32] = {2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14, 15, 16, 17, 18, 19,
+                        22, 23, 24, 25, 26, 27, 28, 29, 56, 57, 58, 59, 60, 61, 62, 63};
+IDX IDX4_Q4_1_DM[32] = {0, 0, 0, 0, 10, 10, 10, 10, 20, 20, 20, 20, 30, 30, 30, 30,
+                        1, 1, 1, 1, 11, 11, 11, 11, 21, 21, 21, 21, 31, 31, 31, 31};
+#undef IDX
+
+/* Activation blocks 4g .. 4g+3 (those < nb; the rest zero) -> one xquad. */
+AI void quad_x(const int kind, const int vnni, const char *x, int64_t nb, int64_t g, xquad *out) {
+    const size_t xbs = kind == K_Q4_1 ? 36 : 34, off = kind == K_Q4_1 ? 4 : 2;
+    __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512(), s = _mm512_setzero_si512();
+    __m512 d = _mm512_setzero_ps();
+    for (int i = 0; i < 4 && 4 * g + i < nb; i++) {
+        const char *xb = x + (4 * g + i) * xbs;
+        const __mmask16 lanes = (__mmask16)(0xF << (4 * i));
+        lo = _mm512_mask_broadcast_i32x4(lo, lanes, _mm_loadu_si128((const __m128i *)(xb + off)));
+        hi = _mm512_mask_broadcast_i32x4(hi, lanes, _mm_loadu_si128((const __m128i *)(xb + off + 16)));
+        d = _mm512_mask_mov_ps(d, lanes, _mm512_set1_ps(f16_load(xb)));
+        if (kind == K_Q4_1)
+            s = _mm512_mask_mov_epi32(s, (__mmask16)(1u << (4 * i)), _mm512_castps_si512(_mm512_set1_ps(f16_load(xb + 2))));
+    }
+    out->lo = lo;
+    out->hi = hi;
+    out->d = d;
+    if (kind == K_Q4_0) { /* dot(q - 8, x) = dot(q, x) - 8*sum(x) */
+        const __m512i e = _mm512_set1_epi8(8);
+        const __m512i sum8 = dot_u8s8(vnni, dot_u8s8(vnni, _mm512_setzero_si512(), e, lo), e, hi);
+        out->c = _mm512_sub_epi32(_mm512_setzero_si512(), sum8);
+    } else {
+        out->c = s;
+    }
+}
+
+/* One quad of R rows: acc[r] (+ accm[r] for Q4_1's m*s) += the four blocks
+ * at w + r*ws. bytes: 0 for a whole quad, else the bytes of its first
+ * 1..3 blocks, read with masked loads (never past a row's last block). */
+AI void quad_rows(const int kind, const int vnni, const int R, const xquad *xg, size_t bytes,
+                  const char *w, size_t ws, size_t pf, __m512 acc[8], __m512 accm[8]) {
+    const size_t boff = kind == K_Q4_0 ? 8 : 16; /* the second load's offset */
+    const __m512i qi = idx_load(kind == K_Q4_0 ? IDX4_Q4_0_QS : IDX4_Q4_1_QS);
+    const __m512i di = idx_load(kind == K_Q4_0 ? IDX4_Q4_0_D : IDX4_Q4_1_DM);
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __mmask64 ma = bytes ? ~0ULL >> (64 - bytes) : ~0ULL;
+    const __mmask64 mb = bytes ? (bytes > boff ? ~0ULL >> (64 - (bytes - boff)) : 0) : ~0ULL;
+    for (int r = 0; r < R; r++) {
+        const char *wg = w + r * ws;
+        /* L2 prefetch (x86_common.h): both lines a quad can start in */
+        _mm_prefetch(wg + pf, _MM_HINT_T1);
+        _mm_prefetch(wg + pf + 64, _MM_HINT_T1);
+        const __m512i a = bytes ? _mm512_maskz_loadu_epi8(ma, wg) : _mm512_loadu_si512((const void *)wg);
+        const __m512i b = bytes ? _mm512_maskz_loadu_epi8(mb, wg + boff)
+                                : _mm512_loadu_si512((const void *)(wg + boff));
+        const __m512i q = _mm512_permutex2var_epi16(a, qi, b);
+        const __m512i lo = _mm512_and_si512(q, m4);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+        __m512i dot = dot_u8s8(vnni, kind == K_Q4_0 ? xg->c : _mm512_setzero_si512(), lo, xg->lo);
+        dot = dot_u8s8(vnni, dot, hi, xg->hi);
+        const __m512i dm = _mm512_permutexvar_epi16(di, a);
+        const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(dm));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, xg->d), acc[r]);
+        if (kind == K_Q4_1) /* + m * s (s only in lane 4i) */
+            accm[r] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(dm, 1)),
+                                      _mm512_castsi512_ps(xg->c), accm[r]);
+    }
+}
+
+/* y[r] (add = 0) or y[r] += (add = 1) for an R-row tile: quads [0, nq) of xq,
+ * the last one holding only `tail` blocks when tail != 0. */
+AI void tile_q4_dec(const int kind, const int vnni, const int R, const xquad *xq, int64_t nq,
+                    int tail, const char *w, size_t ws, float *y, int add) {
+    const size_t qb = kind == K_Q4_0 ? 72 : 80; /* bytes of 4 weight blocks */
+    const size_t pf = pq_prefetch_ahead(R, ws);
+    __m512 acc[8], accm[8];
+    for (int r = 0; r < R; r++) { acc[r] = _mm512_setzero_ps(); accm[r] = _mm512_setzero_ps(); }
+    const int64_t nfull = tail ? nq - 1 : nq;
+    for (int64_t g = 0; g < nfull; g++) quad_rows(kind, vnni, R, xq + g, 0, w + g * qb, ws, pf, acc, accm);
+    if (tail) quad_rows(kind, vnni, R, xq + nfull, (size_t)tail * (qb / 4), w + nfull * qb, ws, pf, acc, accm);
+    for (int r = 0; r < R; r++) {
+        const float v = _mm512_reduce_add_ps(kind == K_Q4_1 ? _mm512_add_ps(acc[r], accm[r]) : acc[r]);
+        y[r] = add ? y[r] + v : v;
+    }
+}
+
+/* y[r] = dot(W row r, x) for r in [r0, r1): W (rows, cols) @ x (cols). */
+static inline void gemv_q4(const int kind, const int vnni, int64_t cols, const char *W, size_t ws,
+                           const char *x, float *y, int64_t r0, int64_t r1) {
+    const size_t xbs = kind == K_Q4_1 ? 36 : 34, wbs = kind == K_Q4_0 ? 18 : 20;
+    const int64_t nb = cols / 32;
+    xquad xq[QUAD_CHUNK];
+    for (int64_t b0 = 0; b0 < nb; b0 += 4 * QUAD_CHUNK) {
+        const int64_t nbc = nb - b0 < 4 * QUAD_CHUNK ? nb - b0 : 4 * QUAD_CHUNK;
+        const int64_t nq = (nbc + 3) / 4;
+        const int tail = (int)(nbc % 4);
+        const char *xc = x + b0 * xbs, *wc = W + b0 * wbs;
+        for (int64_t g = 0; g < nq; g++) quad_x(kind, vnni, xc, nbc, g, &xq[g]);
+        const int add = b0 > 0;
+        int64_t r = r0;
+        for (; r + 8 <= r1; r += 8) tile_q4_dec(kind, vnni, 8, xq, nq, tail, wc + r * ws, ws, y + r, add);
+        for (; r + 4 <= r1; r += 4) tile_q4_dec(kind, vnni, 4, xq, nq, tail, wc + r * ws, ws, y + r, add);
+        for (; r < r1; r++) tile_q4_dec(kind, vnni, 1, xq, nq, tail, wc + r * ws, ws, y + r, add);
+    }
+}
+
 /* Rows in tiles of 4 (then 1), tokens in tiles of TT = 4 within L2-sized
  * chunks (Q4_1 spills a little at 4x4 but measured faster than 4x2). */
 AI void gemm_q(const int kind, const int vnni, int64_t cols, const void *W, size_t ws,
@@ -273,6 +413,10 @@ AI void gemm_q(const int kind, const int vnni, int64_t cols, const void *W, size
                int64_t r1) {
     const int TT = 4;
     const int64_t nb = cols / 32;
+    if (n_tok == 1 && kind != K_Q8_0) { /* decode: the four-block kernel above */
+        gemv_q4(kind, vnni, cols, (const char *)W, ws, (const char *)X, Y, r0, r1);
+        return;
+    }
     const int64_t chunk = pq_token_chunk(xs, n_tok);
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
         const int64_t tn = n_tok - t0 < chunk ? n_tok - t0 : chunk;

@@ -113,9 +113,14 @@ def assert_close(got, ref, atol, what):
 # (rows, cols, n_tok): rows not multiples of 4/8/16, odd token counts.
 # 1056 cols = 33 blocks: 16 block pairs (one full group of collected Q4_1
 # minima on AVX-512), then a lone block.
+# Decode (n_tok = 1) rows: the x86 Q4 kernels step four blocks at a time in
+# tiles of 8, 4 and 1 rows, and re-lay the activations 8192 columns at a time:
+# 1-7 and 9 blocks (partial last step), rows 8 + 4 + 1 and 8 + 1, and 8352
+# columns = one full 8192-column pass plus a second of 5 blocks.
 SHAPES = [(1, 32, 1), (3, 64, 2), (5, 96, 3), (13, 256, 5), (37, 4096, 1),
           (19, 544, 7), (11, 2048, 17), (6, 1024, 4), (33, 160, 8), (9, 1056, 1),
-          (7, 1056, 3)]
+          (7, 1056, 3), (13, 32, 1), (13, 64, 1), (13, 96, 1), (9, 128, 1), (21, 160, 1),
+          (8, 192, 1), (4, 224, 1), (12, 288, 1), (11, 8352, 1)]
 FLOAT_ONLY_SHAPES = [(3, 7, 1), (5, 33, 3), (9, 100, 5), (2, 1, 2), (17, 515, 9)]
 
 
@@ -157,6 +162,49 @@ def test_row_range_writes_only_its_rows(variant, name, n_tok):
         Y = matmul(variant, WTYPES[name], W, rows, cols, X, r0, r1)
         assert np.isnan(Y[:, :r0]).all() and np.isnan(Y[:, r1:]).all(), (r0, r1)
         assert_close(Y[:, r0:r1], ref[:, r0:r1], atol[:, r0:r1], f"{variant} {name} rows [{r0},{r1})")
+
+
+def guarded_copy(a):
+    """A copy of the uint8 array a that ends exactly at an inaccessible page,
+    so a kernel that reads one byte past it crashes (the test process)."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    n = (a.nbytes + page - 1) // page * page
+    mm = mmap.mmap(-1, n + page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(ctypes.c_void_p(base + n), page, 0) == 0  # PROT_NONE
+    g = np.frombuffer(mm, dtype=np.uint8, count=a.nbytes, offset=n - a.nbytes).reshape(a.shape)
+    g[...] = a
+    return g, mm
+
+
+@pytest.mark.parametrize("variant", ["scalar"] + SIMD)
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q8_0", "F16"])
+def test_no_read_past_the_last_row(variant, name):
+    """The matrix ends right before an unmapped page: the last block of the
+    last row must be read without touching a byte beyond it. Run in a child
+    process so that a fault fails this test instead of killing pytest."""
+    if variant not in AVAILABLE:
+        pytest.skip(f"{variant} not available here")
+    code = f"""
+import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})
+import numpy as np
+from test_kernels import *
+for rows, cols in [(13, 32), (9, 96), (5, 160), (7, 224), (3, 1056), (8, 288)]:
+    for n_tok in (1, 3):
+        W, X, ref, atol = make_case({name!r}, rows, cols, n_tok, seed=cols + n_tok)
+        G, mm = guarded_copy(W)
+        got = matmul({variant!r}, WTYPES[{name!r}], G, rows, cols, X)
+        assert_close(got, ref, atol, f"guarded {variant} {name} {{rows}}x{{cols}} n_tok={{n_tok}}")
+        del G
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stderr[-2000:])
 
 
 @pytest.mark.parametrize("variant", ["scalar"] + SIMD)
