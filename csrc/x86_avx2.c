@@ -219,6 +219,151 @@ AI void tile_q(const int kind, const int R, const int T, int64_t nb, const char 
         }
 }
 
+/* ---- Q4 decode (n_tok == 1): four rows x two blocks per step ----------------------- */
+
+/* A decode matvec reads every weight once, so its cost is instructions per
+ * weight. Per row and block pair: one 16-byte load and one inserted load give
+ * [b0 quants | b1 quants], and / shift / and split the nibbles, two maddubs
+ * against activations re-laid once per call (xpair) and one add give the row's
+ * int16 partial sums. Four rows' partial sums then fold (two rounds of unpack
+ * + add, int16 still: at most 8 * 2 * 15 * 128 = 30720) so that one madd,
+ * one cvt and one fma finish four rows x two blocks, with one lane per (row,
+ * block). The scales of those 8 (row, block)s are gathered with scalar loads
+ * into one xmm and converted at once. About half the vector instructions per
+ * weight of the tile_q decode branch above. */
+
+/* Activations of two blocks, matching the layout of the folded sums: bytes
+ * 16i..16i+15 and lanes 4i..4i+3 belong to block i of the pair (lane 4i+k to
+ * row k of a four-row group). */
+typedef struct {
+    __m256i lo; /* elements 0..15 of each block (meet the low nibbles) */
+    __m256i hi; /* elements 16..31 (meet the high nibbles) */
+    __m256i c;  /* Q4_0: int32 -8*sum(x) of block i in lanes 4i..4i+3;
+                 * Q4_1: f32 s of block i in lanes 4i..4i+3 */
+    __m256 d;   /* f32 activation scale of block i in lanes 4i..4i+3 */
+} xpair;        /* 128 bytes */
+
+/* Columns re-laid per pass: 128 pairs = 8192 columns = 16 KiB of stack; longer
+ * rows go in several passes over the rows, each adding into Y. */
+enum { PAIR_CHUNK = 128 };
+
+/* Activation blocks 2g, 2g+1 (those < nb; the rest zero) -> one xpair. */
+AI void pair_x(const int kind, const char *x, int64_t nb, int64_t g, xpair *out) {
+    const size_t xbs = kind == K_Q4_1 ? 36 : 34, off = kind == K_Q4_1 ? 4 : 2;
+    __m128i lo[2], hi[2];
+    float d[2] = {0.0f, 0.0f}, s[2] = {0.0f, 0.0f};
+    int c[2] = {0, 0};
+    for (int i = 0; i < 2; i++) {
+        lo[i] = hi[i] = _mm_setzero_si128();
+        if (2 * g + i >= nb) continue;
+        const char *xb = x + (2 * g + i) * xbs;
+        lo[i] = _mm_loadu_si128((const __m128i *)(xb + off));
+        hi[i] = _mm_loadu_si128((const __m128i *)(xb + off + 16));
+        d[i] = f16_load(xb);
+        if (kind == K_Q4_1) s[i] = f16_load(xb + 2);
+        for (int j = 0; j < 32; j++) c[i] -= 8 * (int8_t)xb[off + j]; /* dot(q-8, x) = dot(q, x) - 8*sum(x) */
+    }
+    out->lo = _mm256_set_m128i(lo[1], lo[0]);
+    out->hi = _mm256_set_m128i(hi[1], hi[0]);
+    out->d = _mm256_setr_ps(d[0], d[0], d[0], d[0], d[1], d[1], d[1], d[1]);
+    if (kind == K_Q4_0) out->c = _mm256_setr_epi32(c[0], c[0], c[0], c[0], c[1], c[1], c[1], c[1]);
+    else out->c = _mm256_castps_si256(_mm256_setr_ps(s[0], s[0], s[0], s[0], s[1], s[1], s[1], s[1]));
+}
+
+/* One row's block pair at wb (two = 0: block 0 only, block 1's quants read as
+ * zero and never loaded): int16 sums of 4 products, [b0 x 8 | b1 x 8]. */
+AI __m256i pair_dot16(const int kind, const int two, const xpair *xp, const char *wb) {
+    const size_t wbs = kind == K_Q4_0 ? 18 : 20, off = kind == K_Q4_0 ? 2 : 4;
+    const __m128i q0 = _mm_loadu_si128((const __m128i *)(wb + off));
+    const __m128i q1 = two ? _mm_loadu_si128((const __m128i *)(wb + wbs + off)) : _mm_setzero_si128();
+    const __m256i q = _mm256_set_m128i(q1, q0);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i lo = _mm256_and_si256(q, m4);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    return _mm256_add_epi16(_mm256_maddubs_epi16(lo, xp->lo), _mm256_maddubs_epi16(hi, xp->hi));
+}
+
+/* Fold two rows' int16 sums: each 128-bit lane (one block) -> [a a b b a a b b]. */
+AI __m256i fold16(__m256i a, __m256i b) {
+    return _mm256_add_epi16(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+}
+
+/* fp16 at p, as the low 16 bits of an integer. */
+AI uint64_t h16(const char *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return h;
+}
+
+/* Four rows (wr[0..3]) x the block pair at byte offset o: acc (+ accm, Q4_1's
+ * m*s) += one lane per (row k, block i) at 4i+k. */
+AI void pair_rows4(const int kind, const int two, const xpair *xp, const char *const wr[4],
+                   size_t o, size_t pf, __m256 *acc, __m256 *accm) {
+    const size_t wbs = kind == K_Q4_0 ? 18 : 20;
+    __m256i s16[4];
+    for (int k = 0; k < 4; k++) {
+        /* L2 prefetch (x86_common.h); a pair is <= 40 bytes, so one line per
+         * pair and row misses none */
+        _mm_prefetch(wr[k] + pf + o, _MM_HINT_T1);
+        s16[k] = pair_dot16(kind, two, xp, wr[k] + o);
+    }
+    const __m256i f = _mm256_add_epi16(_mm256_unpacklo_epi64(fold16(s16[0], s16[1]), fold16(s16[2], s16[3])),
+                                       _mm256_unpackhi_epi64(fold16(s16[0], s16[1]), fold16(s16[2], s16[3])));
+    __m256i i32 = _mm256_madd_epi16(f, _mm256_set1_epi16(1));
+    if (kind == K_Q4_0) i32 = _mm256_add_epi32(i32, xp->c);
+    /* the 8 (row, block) scales (Q4_1: and minima), by scalar loads */
+    uint64_t d0 = 0, d1 = 0, m0 = 0, m1 = 0;
+    for (int k = 0; k < 4; k++) {
+        d0 |= h16(wr[k] + o) << (16 * k);
+        if (two) d1 |= h16(wr[k] + o + wbs) << (16 * k);
+        if (kind == K_Q4_1) {
+            m0 |= h16(wr[k] + o + 2) << (16 * k);
+            if (two) m1 |= h16(wr[k] + o + wbs + 2) << (16 * k);
+        }
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_set_epi64x((long long)d1, (long long)d0));
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), _mm256_mul_ps(dw, xp->d), *acc);
+    if (kind == K_Q4_1)
+        *accm = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_set_epi64x((long long)m1, (long long)m0)),
+                                _mm256_castsi256_ps(xp->c), *accm);
+}
+
+/* y[r] (add = 0) or y[r] += (add = 1) for rows w + r*ws, r < n (1..4; the
+ * missing rows repeat row 0 and are not stored): pairs [0, np) of xp, the last
+ * one holding one block if odd. */
+AI void tile_q4_dec(const int kind, const xpair *xp, int64_t np, int odd, const char *w, size_t ws,
+                    int n, float *y, int add) {
+    const size_t pb = kind == K_Q4_0 ? 36 : 40; /* bytes of a weight block pair */
+    const size_t pf = pq_prefetch_ahead(4, ws);
+    const char *wr[4];
+    for (int k = 0; k < 4; k++) wr[k] = w + (k < n ? k : 0) * ws;
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    const int64_t nfull = odd ? np - 1 : np;
+    for (int64_t g = 0; g < nfull; g++) pair_rows4(kind, 1, xp + g, wr, g * pb, pf, &acc, &accm);
+    if (odd) pair_rows4(kind, 0, xp + nfull, wr, nfull * pb, pf, &acc, &accm);
+    if (kind == K_Q4_1) acc = _mm256_add_ps(acc, accm);
+    float v[4];
+    _mm_storeu_ps(v, _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1)));
+    for (int k = 0; k < n; k++) y[k] = add ? y[k] + v[k] : v[k];
+}
+
+/* y[r] = dot(W row r, x) for r in [r0, r1): W (rows, cols) @ x (cols). */
+AI void gemv_q4(const int kind, int64_t cols, const char *W, size_t ws, const char *x, float *y,
+                int64_t r0, int64_t r1) {
+    const size_t xbs = kind == K_Q4_1 ? 36 : 34, wbs = kind == K_Q4_0 ? 18 : 20;
+    const int64_t nb = cols / 32;
+    xpair xp[PAIR_CHUNK];
+    for (int64_t b0 = 0; b0 < nb; b0 += 2 * PAIR_CHUNK) {
+        const int64_t nbc = nb - b0 < 2 * PAIR_CHUNK ? nb - b0 : 2 * PAIR_CHUNK;
+        const int64_t np = (nbc + 1) / 2;
+        const char *xc = x + b0 * xbs, *wc = W + b0 * wbs;
+        for (int64_t g = 0; g < np; g++) pair_x(kind, xc, nbc, g, &xp[g]);
+        for (int64_t r = r0; r < r1; r += 4)
+            tile_q4_dec(kind, xp, np, (int)(nbc & 1), wc + r * ws, ws, (int)(r1 - r < 4 ? r1 - r : 4),
+                        y + r, b0 > 0);
+    }
+}
+
 /* T = 1..4 tokens at compile time for an R-row tile. */
 AI void tile_q_tokens(const int kind, const int R, int T, int64_t nb, const char *w,
                       size_t ws, const char *x, size_t xs, float *y, int64_t ldy) {
@@ -232,6 +377,10 @@ AI void tile_q_tokens(const int kind, const int R, int T, int64_t nb, const char
 
 AI void gemm_q(const int kind, int64_t cols, const void *W, size_t ws, const void *X,
                size_t xs, int64_t n_tok, float *Y, int64_t ldy, int64_t r0, int64_t r1) {
+    if (n_tok == 1 && kind != K_Q8_0) { /* decode: the four-row kernel above */
+        gemv_q4(kind, cols, (const char *)W, ws, (const char *)X, Y, r0, r1);
+        return;
+    }
     const int64_t nb = cols / 32;
     const int64_t chunk = pq_token_chunk(xs, n_tok);
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
