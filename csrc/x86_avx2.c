@@ -298,13 +298,13 @@ AI uint64_t h16(const char *p) {
 /* Four rows (wr[0..3]) x the block pair at byte offset o: acc (+ accm, Q4_1's
  * m*s) += one lane per (row k, block i) at 4i+k. */
 AI void pair_rows4(const int kind, const int two, const xpair *xp, const char *const wr[4],
-                   size_t o, size_t pf, __m256 *acc, __m256 *accm) {
+                   size_t o, size_t pf, const char *end, __m256 *acc, __m256 *accm) {
     const size_t wbs = kind == K_Q4_0 ? 18 : 20;
     __m256i s16[4];
     for (int k = 0; k < 4; k++) {
-        /* L2 prefetch (x86_common.h); a pair is <= 40 bytes, so one line per
-         * pair and row misses none */
-        _mm_prefetch(wr[k] + pf + o, _MM_HINT_T1);
+        /* L2 prefetch (x86_common.h), not past the call's rows; a pair is
+         * <= 40 bytes, so one line per pair and row misses none */
+        if (wr[k] + pf + o < end) _mm_prefetch(wr[k] + pf + o, _MM_HINT_T1);
         s16[k] = pair_dot16(kind, two, xp, wr[k] + o);
     }
     const __m256i f = _mm256_add_epi16(_mm256_unpacklo_epi64(fold16(s16[0], s16[1]), fold16(s16[2], s16[3])),
@@ -332,15 +332,15 @@ AI void pair_rows4(const int kind, const int two, const xpair *xp, const char *c
  * missing rows repeat row 0 and are not stored): pairs [0, np) of xp, the last
  * one holding one block if odd. */
 AI void tile_q4_dec(const int kind, const xpair *xp, int64_t np, int odd, const char *w, size_t ws,
-                    int n, float *y, int add) {
+                    const char *end, int n, float *y, int add) {
     const size_t pb = kind == K_Q4_0 ? 36 : 40; /* bytes of a weight block pair */
-    const size_t pf = pq_prefetch_ahead(4, ws);
+    const size_t pf = pq_prefetch_ahead_clamped(4, ws);
     const char *wr[4];
     for (int k = 0; k < 4; k++) wr[k] = w + (k < n ? k : 0) * ws;
     __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
     const int64_t nfull = odd ? np - 1 : np;
-    for (int64_t g = 0; g < nfull; g++) pair_rows4(kind, 1, xp + g, wr, g * pb, pf, &acc, &accm);
-    if (odd) pair_rows4(kind, 0, xp + nfull, wr, nfull * pb, pf, &acc, &accm);
+    for (int64_t g = 0; g < nfull; g++) pair_rows4(kind, 1, xp + g, wr, g * pb, pf, end, &acc, &accm);
+    if (odd) pair_rows4(kind, 0, xp + nfull, wr, nfull * pb, pf, end, &acc, &accm);
     if (kind == K_Q4_1) acc = _mm256_add_ps(acc, accm);
     float v[4];
     _mm_storeu_ps(v, _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1)));
@@ -359,8 +359,8 @@ AI void gemv_q4(const int kind, int64_t cols, const char *W, size_t ws, const ch
         const char *xc = x + b0 * xbs, *wc = W + b0 * wbs;
         for (int64_t g = 0; g < np; g++) pair_x(kind, xc, nbc, g, &xp[g]);
         for (int64_t r = r0; r < r1; r += 4)
-            tile_q4_dec(kind, xp, np, (int)(nbc & 1), wc + r * ws, ws, (int)(r1 - r < 4 ? r1 - r : 4),
-                        y + r, b0 > 0);
+            tile_q4_dec(kind, xp, np, (int)(nbc & 1), wc + r * ws, ws, W + r1 * ws,
+                        (int)(r1 - r < 4 ? r1 - r : 4), y + r, b0 > 0);
     }
 }
 

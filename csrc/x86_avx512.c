@@ -376,15 +376,20 @@ AI __m512i quad_dot(const int kind, const int vnni, const xquad *xg, size_t byte
  * the conversions and the fma are done once per pair, not per row.
  * acc[p] (+ accm[p], Q4_1's m*s) += pair p. */
 AI void quad_rows(const int kind, const int vnni, const int R, const xquad *xg, size_t bytes,
-                  const char *const wr[8], size_t o, size_t pf, __m512 acc[4], __m512 accm[4]) {
+                  const char *const wr[8], size_t o, size_t pf, const char *end, __m512 acc[4],
+                  __m512 accm[4]) {
     const __m512i qi = idx_load(kind == K_Q4_0 ? IDX4_Q4_0_QS : IDX4_Q4_1_QS);
     const __m512i di = idx_load(kind == K_Q4_0 ? IDX4_Q4_0_D2 : IDX4_Q4_1_DM2);
     for (int p = 0; p < (R + 1) / 2; p++) {
         __m512i a0, a1;
-        /* L2 prefetch (x86_common.h): both lines a quad can start in */
+        /* L2 prefetch (x86_common.h): both lines a quad can start in, not
+         * past the call's rows (pq_prefetch_ahead_clamped says why) */
         for (int k = 0; k < (R > 1 ? 2 : 1); k++) {
-            _mm_prefetch(wr[2 * p + k] + pf + o, _MM_HINT_T1);
-            _mm_prefetch(wr[2 * p + k] + pf + 64 + o, _MM_HINT_T1);
+            const char *pa = wr[2 * p + k] + pf + o;
+            if (pa < end) {
+                _mm_prefetch(pa, _MM_HINT_T1);
+                _mm_prefetch(pa + 64, _MM_HINT_T1);
+            }
         }
         const __m512i i0 = quad_dot(kind, vnni, xg, bytes, wr[2 * p] + o, qi, &a0);
         const __m512i i1 = quad_dot(kind, vnni, xg, bytes, wr[R > 1 ? 2 * p + 1 : 0] + o, qi, &a1);
@@ -401,9 +406,9 @@ AI void quad_rows(const int kind, const int vnni, const int R, const xquad *xg, 
 /* y[r] (add = 0) or y[r] += (add = 1) for an R-row tile (R = 8, 4, 2 or 1):
  * quads [0, nq) of xq, the last one holding only `tail` blocks if tail != 0. */
 AI void tile_q4_dec(const int kind, const int vnni, const int R, const xquad *xq, int64_t nq,
-                    int tail, const char *w, size_t ws, float *y, int add) {
+                    int tail, const char *w, size_t ws, const char *end, float *y, int add) {
     const size_t qb = kind == K_Q4_0 ? 72 : 80; /* bytes of 4 weight blocks */
-    const size_t pf = pq_prefetch_ahead(R, ws);
+    const size_t pf = pq_prefetch_ahead_clamped(R, ws);
     __m512 acc[4], accm[4];
     const char *wr[8]; /* one pointer per row, one offset for all (keeps GPRs free) */
     for (int r = 0; r < R; r++) wr[r] = w + r * ws;
@@ -412,8 +417,9 @@ AI void tile_q4_dec(const int kind, const int vnni, const int R, const xquad *xq
         accm[p] = _mm512_setzero_ps();
     }
     const int64_t nfull = tail ? nq - 1 : nq;
-    for (int64_t g = 0; g < nfull; g++) quad_rows(kind, vnni, R, xq + g, 0, wr, g * qb, pf, acc, accm);
-    if (tail) quad_rows(kind, vnni, R, xq + nfull, (size_t)tail * (qb / 4), wr, nfull * qb, pf, acc, accm);
+    for (int64_t g = 0; g < nfull; g++) quad_rows(kind, vnni, R, xq + g, 0, wr, g * qb, pf, end, acc, accm);
+    if (tail) quad_rows(kind, vnni, R, xq + nfull, (size_t)tail * (qb / 4), wr, nfull * qb, pf, end,
+                        acc, accm);
     for (int r = 0; r < R; r++) {
         const __m512 v = kind == K_Q4_1 ? _mm512_add_ps(acc[r / 2], accm[r / 2]) : acc[r / 2];
         const float f = _mm512_mask_reduce_add_ps(r & 1 ? 0xAAAA : 0x5555, v);
@@ -434,11 +440,12 @@ AI void gemv_q4(const int kind, const int vnni, int64_t cols, const char *W, siz
         const char *xc = x + b0 * xbs, *wc = W + b0 * wbs;
         for (int64_t g = 0; g < nq; g++) quad_x(kind, vnni, xc, nbc, g, &xq[g]);
         const int add = b0 > 0;
+        const char *end = W + r1 * ws; /* prefetches stop here */
         int64_t r = r0;
-        for (; r + 8 <= r1; r += 8) tile_q4_dec(kind, vnni, 8, xq, nq, tail, wc + r * ws, ws, y + r, add);
-        for (; r + 4 <= r1; r += 4) tile_q4_dec(kind, vnni, 4, xq, nq, tail, wc + r * ws, ws, y + r, add);
-        for (; r + 2 <= r1; r += 2) tile_q4_dec(kind, vnni, 2, xq, nq, tail, wc + r * ws, ws, y + r, add);
-        for (; r < r1; r++) tile_q4_dec(kind, vnni, 1, xq, nq, tail, wc + r * ws, ws, y + r, add);
+        for (; r + 8 <= r1; r += 8) tile_q4_dec(kind, vnni, 8, xq, nq, tail, wc + r * ws, ws, end, y + r, add);
+        for (; r + 4 <= r1; r += 4) tile_q4_dec(kind, vnni, 4, xq, nq, tail, wc + r * ws, ws, end, y + r, add);
+        for (; r + 2 <= r1; r += 2) tile_q4_dec(kind, vnni, 2, xq, nq, tail, wc + r * ws, ws, end, y + r, add);
+        for (; r < r1; r++) tile_q4_dec(kind, vnni, 1, xq, nq, tail, wc + r * ws, ws, end, y + r, add);
     }
 }
 
