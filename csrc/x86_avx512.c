@@ -533,7 +533,41 @@ AI void tile_f_tokens(const int kind, const int R, int T, int64_t cols, const ch
     }
 }
 
+/* Decode (n_tok == 1): y[r] = dot(W row r, x) for r in [r0, r1), R = 4 rows
+ * per 16 columns (then single rows). Memory-bound, so what matters is the
+ * prefetch: ~16 KiB ahead, one line per row per 64 bytes, never past the
+ * call's rows (x86_common.h, pq_prefetch_ahead_clamped). */
+AI void gemv_f_rows(const int kind, const int R, int64_t cols, const char *w, size_t ws,
+                    const float *x, const char *end, float *y) {
+    const size_t es = kind == K_F32 ? 4 : 2; /* bytes per weight */
+    const size_t pf = pq_prefetch_ahead_clamped(R, ws);
+    __m512 acc[4];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < cols; i += 16) {
+        const __mmask16 m = cols - i >= 16 ? 0xffff : (__mmask16)((1u << (cols - i)) - 1);
+        const __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+        for (int r = 0; r < R; r++) {
+            const char *pa = w + r * ws + pf + i * es;
+            if ((kind == K_F32 || (i & 31) == 0) && pa < end) _mm_prefetch(pa, _MM_HINT_T1);
+            acc[r] = _mm512_fmadd_ps(load_w16(kind, w + r * ws, i, m), xv, acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) y[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+AI void gemv_f(const int kind, int64_t cols, const char *W, size_t ws, const float *x, float *y,
+               int64_t r0, int64_t r1) {
+    const char *end = W + r1 * ws;
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) gemv_f_rows(kind, 4, cols, W + r * ws, ws, x, end, y + r);
+    for (; r < r1; r++) gemv_f_rows(kind, 1, cols, W + r * ws, ws, x, end, y + r);
+}
+
 AI void gemm_f(const int kind, GEMM_ARGS) {
+    if (n_tok == 1) { /* decode: gemv_f above */
+        gemv_f(kind, cols, (const char *)W, ws, (const float *)X, Y, r0, r1);
+        return;
+    }
     const int64_t chunk = pq_token_chunk(xs, n_tok);
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
         const int64_t tn = n_tok - t0 < chunk ? n_tok - t0 : chunk;
