@@ -291,9 +291,10 @@ AI void tile_q_tokens(const int kind, const int vnni, const int R, int T, int64_
 typedef struct {
     __m512i lo; /* elements 0..15 of each block (meet the low nibbles) */
     __m512i hi; /* elements 16..31 (meet the high nibbles) */
-    __m512i c;  /* Q4_0: int32 start of the dot, -8*sum(x) spread over the
-                 * block's 4 lanes; Q4_1: f32 s of block i in lanes 4i and
-                 * 4i+1 (one per row of a row pair), 0 elsewhere */
+    __m512i c;  /* Q4_0: int32 -8*sum(x) of block i, VNNI: the start of each
+                 * row's dot, spread over lanes 4i..4i+3; BW: added after the
+                 * row-pair fold, in lanes 4i and 4i+1 (one per row of a pair).
+                 * Q4_1: f32 s of block i in lanes 4i and 4i+1, 0 elsewhere */
     __m512 d;   /* f32 activation scale of block i in lanes 4i..4i+3 */
 } xquad;        /* 256 bytes */
 
@@ -337,14 +338,20 @@ AI void quad_x(const int kind, const int vnni, const char *x, int64_t nb, int64_
     if (kind == K_Q4_0) { /* dot(q - 8, x) = dot(q, x) - 8*sum(x) */
         const __m512i e = _mm512_set1_epi8(8);
         const __m512i sum8 = dot_u8s8(vnni, dot_u8s8(vnni, _mm512_setzero_si512(), e, lo), e, hi);
-        out->c = _mm512_sub_epi32(_mm512_setzero_si512(), sum8);
+        __m512i c = _mm512_sub_epi32(_mm512_setzero_si512(), sum8);
+        if (!vnni) { /* added after the row-pair fold: the block's total in lanes 4i, 4i+1 */
+            c = _mm512_add_epi32(c, _mm512_shuffle_epi32(c, _MM_PERM_BADC));
+            c = _mm512_maskz_mov_epi32(0x3333, _mm512_add_epi32(c, _mm512_shuffle_epi32(c, _MM_PERM_CDAB)));
+        }
+        out->c = c;
     } else {
         out->c = s;
     }
 }
 
-/* One row's four blocks at wg: the int32 dot products (4 lanes per block,
- * Q4_0's offset included) and the first load (it holds the scales).
+/* One row's four blocks at wg: the dot products, 4 lanes per block (VNNI:
+ * int32 with Q4_0's offset; BW: int16 pairs, at most 4 * 15 * 128 = 7680,
+ * offset left for after the fold) and the first load (it holds the scales).
  * bytes: 0 for a whole quad, else the bytes of its first 1..3 blocks, read
  * with masked loads (never past a row's last block). */
 AI __m512i quad_dot(const int kind, const int vnni, const xquad *xg, size_t bytes, const char *wg,
@@ -365,8 +372,10 @@ AI __m512i quad_dot(const int kind, const int vnni, const xquad *xg, size_t byte
     const __m512i q = _mm512_permutex2var_epi16(a, qi, b);
     const __m512i lo = _mm512_and_si512(q, m4);
     const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-    const __m512i dot = dot_u8s8(vnni, kind == K_Q4_0 ? xg->c : _mm512_setzero_si512(), lo, xg->lo);
     *a_out = a;
+    if (!vnni) /* maddubs pairs of lo and hi add up in int16; one madd per row pair later */
+        return _mm512_add_epi16(_mm512_maddubs_epi16(lo, xg->lo), _mm512_maddubs_epi16(hi, xg->hi));
+    const __m512i dot = dot_u8s8(vnni, kind == K_Q4_0 ? xg->c : _mm512_setzero_si512(), lo, xg->lo);
     return dot_u8s8(vnni, dot, hi, xg->hi);
 }
 
@@ -393,7 +402,14 @@ AI void quad_rows(const int kind, const int vnni, const int R, const xquad *xg, 
         }
         const __m512i i0 = quad_dot(kind, vnni, xg, bytes, wr[2 * p] + o, qi, &a0);
         const __m512i i1 = quad_dot(kind, vnni, xg, bytes, wr[R > 1 ? 2 * p + 1 : 0] + o, qi, &a1);
-        const __m512i i01 = _mm512_add_epi32(_mm512_unpacklo_epi32(i0, i1), _mm512_unpackhi_epi32(i0, i1));
+        __m512i i01;
+        if (vnni) {
+            i01 = _mm512_add_epi32(_mm512_unpacklo_epi32(i0, i1), _mm512_unpackhi_epi32(i0, i1));
+        } else { /* the same fold on int16 pairs (<= 15360), then one madd for both rows */
+            i01 = _mm512_add_epi16(_mm512_unpacklo_epi32(i0, i1), _mm512_unpackhi_epi32(i0, i1));
+            i01 = _mm512_madd_epi16(i01, _mm512_set1_epi16(1));
+            if (kind == K_Q4_0) i01 = _mm512_add_epi32(i01, xg->c);
+        }
         const __m512i dm = _mm512_permutex2var_epi16(a0, di, a1);
         const __m512 dw = _mm512_cvtph_ps(_mm512_castsi512_si256(dm));
         acc[p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i01), _mm512_mul_ps(dw, xg->d), acc[p]);
