@@ -9,7 +9,9 @@
  * gemm layout: a tile of R weight rows x T tokens keeps R*T float
  * accumulators in registers, so each decoded weight block is used T times
  * (prompt batches) and each activation block R times. Decode (one token)
- * runs 8 rows per activation block, each row decoded right before its dot.
+ * has its own kernels: Q4_0/Q4_1 fold four rows' int16 sums before one
+ * madd/cvt/fma (gemv_q4), floats run gemv_f; both prefetch a short distance
+ * and never past their rows. Q8_0 decode runs tile_q with 8 rows.
  * Intel intrinsics guide: https://www.intel.com/content/www/us/en/docs/intrinsics-guide/
  */
 #include "kernels.h"

@@ -14,7 +14,9 @@
  * bytes), so one masked load brings both, and one vpermw per row gathers the
  * nibbles and another the two fp16 scales, laid out to match the int32 lanes
  * of the dot product. Masked loads never fault on masked-out bytes, so the
- * last block of a matrix is read safely.
+ * last block of a matrix is read safely. Q4 decode (n_tok == 1) steps four
+ * blocks per row instead, against activations re-laid once per call, and
+ * folds row pairs before the float work (gemv_q4); float decode is gemv_f.
  * Intel intrinsics guide: https://www.intel.com/content/www/us/en/docs/intrinsics-guide/
  */
 #include "kernels.h"
