@@ -355,6 +355,8 @@ AI void gemv_q4(const int kind, int64_t cols, const char *W, size_t ws, const ch
     const size_t xbs = kind == K_Q4_1 ? 36 : 34, wbs = kind == K_Q4_0 ? 18 : 20;
     const int64_t nb = cols / 32;
     xpair xp[PAIR_CHUNK];
+    if (nb <= 0) /* no columns: empty dot products (the passes below would not run) */
+        for (int64_t r = r0; r < r1; r++) y[r] = 0.0f;
     for (int64_t b0 = 0; b0 < nb; b0 += 2 * PAIR_CHUNK) {
         const int64_t nbc = nb - b0 < 2 * PAIR_CHUNK ? nb - b0 : 2 * PAIR_CHUNK;
         const int64_t np = (nbc + 1) / 2;

@@ -451,6 +451,8 @@ AI void gemv_q4(const int kind, const int vnni, int64_t cols, const char *W, siz
     const size_t xbs = kind == K_Q4_1 ? 36 : 34, wbs = kind == K_Q4_0 ? 18 : 20;
     const int64_t nb = cols / 32;
     xquad xq[QUAD_CHUNK];
+    if (nb <= 0) /* no columns: empty dot products (the passes below would not run) */
+        for (int64_t r = r0; r < r1; r++) y[r] = 0.0f;
     for (int64_t b0 = 0; b0 < nb; b0 += 4 * QUAD_CHUNK) {
         const int64_t nbc = nb - b0 < 4 * QUAD_CHUNK ? nb - b0 : 4 * QUAD_CHUNK;
         const int64_t nq = (nbc + 3) / 4;
