@@ -17,6 +17,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 
 #include <immintrin.h>
+#include <math.h>
 #include <pthread.h>
 #include <string.h>
 
@@ -404,6 +405,197 @@ static void axpy_f16(float a, const uint16_t *x, float *y, int64_t n) {
     for (; i < n; i++) y[i] += a * _cvtsh_ss(x[i]);
 }
 
+/* ---- blocked causal attention (prefill) -------------------------------------------- */
+
+/* One register lane per query row: scores, softmax and the weighted sum of
+ * values run across 8 queries at once with no horizontal sums. A key or
+ * value element enters as a broadcast f32 (vbroadcastss); f16 cache
+ * rows are converted PQ_ATTN_KEY_CHUNK rows at a time into scratch, once for
+ * all the lane chunks (of 8) of a call, up to PQ_ATTN_LANES_MAX lanes.
+ * Scratch layout (floats), NC = PQ_ATTN_LANES_MAX / 8 chunks:
+ * S (NC, n_keys, 8), Q^T and O^T (NC, hd, 8), max and sum (NC, 8),
+ * rows (PQ_ATTN_KEY_CHUNK, hd). */
+enum { AW = 8, NC = PQ_ATTN_LANES_MAX / AW };
+
+/* exp(x) for x <= 0 (-inf gives 0), 8 lanes, within 2 ulp of expf down to
+ * -87.3 (below that, where expf is subnormal, 0): x = n ln2 + r with
+ * |r| <= ln2/2 (ln2 in two parts, so r is exact to about 2^-32), exp(r) by
+ * its degree-7 Taylor polynomial (truncation |r|^8/8! < 6e-9, a tenth of an
+ * ulp), times 2^n built in the exponent field. */
+AI __m256 attn_exp8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3f);
+    const __m256 keep = _mm256_cmp_ps(x, lo, _CMP_GE_OQ);
+    x = _mm256_max_ps(x, lo);
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
+}
+
+/* Rows [p0, p0 + kn) of one cache head as f32 rows, stride in *ld. */
+AI const float *attn_rows_f32(const int f16, const void *X, int64_t x_ld, int64_t p0, int64_t kn,
+                              int64_t hd, float *buf, int64_t *ld) {
+    if (!f16) {
+        *ld = x_ld;
+        return (const float *)X + p0 * x_ld;
+    }
+    for (int64_t p = 0; p < kn; p++) {
+        const uint16_t *x = (const uint16_t *)X + (p0 + p) * x_ld;
+        int64_t d = 0;
+        for (; d + 8 <= hd; d += 8) _mm256_storeu_ps(buf + p * hd + d, load_w8(K_F16, (const char *)x, d));
+        for (; d < hd; d++) buf[p * hd + d] = _cvtsh_ss(x[d]);
+    }
+    *ld = hd;
+    return buf;
+}
+
+/* S[i] (8 lanes) = sum_d Q^T[d] * k_i[d] for P keys k_i = k + i*kld. */
+AI void attn_score_tile(const int P, int64_t hd, const float *qt, const float *k, int64_t kld,
+                        float *s) {
+    __m256 acc[8];
+    for (int i = 0; i < P; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < hd; d++) {
+        const __m256 q = _mm256_loadu_ps(qt + d * AW);
+        for (int i = 0; i < P; i++) acc[i] = _mm256_fmadd_ps(q, _mm256_broadcast_ss(k + i * kld + d), acc[i]);
+    }
+    for (int i = 0; i < P; i++) _mm256_storeu_ps(s + i * AW, acc[i]);
+}
+
+/* O^T[i] (8 lanes) += sum_p W[p] * v_p[i] over kn values, for D columns i. */
+AI void attn_value_tile(const int D, int64_t kn, const float *w, const float *v, int64_t vld,
+                        float *ot) {
+    __m256 acc[8];
+    for (int i = 0; i < D; i++) acc[i] = _mm256_loadu_ps(ot + i * AW);
+    for (int64_t p = 0; p < kn; p++) {
+        const __m256 wp = _mm256_loadu_ps(w + p * AW);
+        for (int i = 0; i < D; i++) acc[i] = _mm256_fmadd_ps(wp, _mm256_broadcast_ss(v + p * vld + i), acc[i]);
+    }
+    for (int i = 0; i < D; i++) _mm256_storeu_ps(ot + i * AW, acc[i]);
+}
+
+/* Lanes [j0, j0 + nl) of a pq_attn_fn call, nl <= PQ_ATTN_LANES_MAX. */
+AI void attn_group(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t j0,
+                   int nl, int64_t n_past, const void *K, const void *V, int64_t kv_ld,
+                   float scale, float *O, int64_t o_ld, float *scratch) {
+    const int nc = (nl + AW - 1) / AW;
+    const int64_t n_keys = n_past + (j0 + nl - 1) / g + 1; /* of the last lane */
+    float *S = scratch, *qt = S + NC * n_keys * AW, *ot = qt + NC * hd * AW;
+    float *sums = ot + NC * hd * AW, *buf = sums + NC * AW;
+    int64_t nk[NC], diag[NC]; /* keys of chunk c, and the first one masked in some lane */
+    int32_t last[NC][AW];     /* the last key each lane sees (pad lanes: all) */
+    for (int c = 0; c < nc; c++) {
+        const int64_t jc = j0 + c * AW, t_last = (jc + (nl - c * AW < AW ? nl - c * AW : AW) - 1) / g;
+        nk[c] = n_past + t_last + 1;
+        diag[c] = n_past + jc / g + 1;
+        for (int j = 0; j < AW; j++) {
+            const int live = c * AW + j < nl;
+            const int64_t t = live ? (jc + j) / g : t_last;
+            last[c][j] = (int32_t)(n_past + t);
+            const float *q = Q + t * q_ld + ((jc + j) % g) * hd;
+            for (int64_t d = 0; d < hd; d++) qt[(c * hd + d) * AW + j] = live ? q[d] : 0.0f;
+        }
+    }
+
+    /* Scores S_c (nk[c], 8): each chunk of keys converted once for all lane chunks. */
+    for (int64_t c0 = 0; c0 < n_keys; c0 += PQ_ATTN_KEY_CHUNK) {
+        const int64_t kn = n_keys - c0 < PQ_ATTN_KEY_CHUNK ? n_keys - c0 : PQ_ATTN_KEY_CHUNK;
+        int64_t kld;
+        const float *k = attn_rows_f32(f16, K, kv_ld, c0, kn, hd, buf, &kld);
+        for (int c = 0; c < nc; c++) {
+            const int64_t kc = nk[c] - c0 < kn ? nk[c] - c0 : kn;
+            float *s = S + (c * n_keys + c0) * AW;
+            int64_t p = 0;
+            for (; p + 8 <= kc; p += 8) attn_score_tile(8, hd, qt + c * hd * AW, k + p * kld, kld, s + p * AW);
+            for (; p < kc; p++) attn_score_tile(1, hd, qt + c * hd * AW, k + p * kld, kld, s + p * AW);
+        }
+    }
+
+    /* Scale, mask the keys after each lane's own position, softmax in f32
+     * (max subtracted); the division by the sum waits for O. */
+    const __m256 sc = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
+    for (int c = 0; c < nc; c++) {
+        float *s = S + c * n_keys * AW;
+        const __m256i lastv = _mm256_loadu_si256((const __m256i *)last[c]);
+        __m256 mx = ninf, sum = _mm256_setzero_ps();
+        for (int64_t p = 0; p < nk[c]; p++) {
+            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(s + p * AW), sc);
+            if (p >= diag[c]) {
+                const __m256i after = _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)p), lastv);
+                v = _mm256_blendv_ps(v, ninf, _mm256_castsi256_ps(after));
+            }
+            _mm256_storeu_ps(s + p * AW, v);
+            mx = _mm256_max_ps(mx, v);
+        }
+        for (int64_t p = 0; p < nk[c]; p++) {
+            const __m256 e = attn_exp8(_mm256_sub_ps(_mm256_loadu_ps(s + p * AW), mx));
+            _mm256_storeu_ps(s + p * AW, e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        _mm256_storeu_ps(sums + c * AW, sum);
+    }
+
+    /* O^T_c (hd, 8) = sum_p e_p V_p, each chunk of values converted once. */
+    memset(ot, 0, sizeof(float) * (size_t)(nc * hd * AW));
+    for (int64_t c0 = 0; c0 < n_keys; c0 += PQ_ATTN_KEY_CHUNK) {
+        const int64_t kn = n_keys - c0 < PQ_ATTN_KEY_CHUNK ? n_keys - c0 : PQ_ATTN_KEY_CHUNK;
+        int64_t vld;
+        const float *v = attn_rows_f32(f16, V, kv_ld, c0, kn, hd, buf, &vld);
+        for (int c = 0; c < nc; c++) {
+            const int64_t kc = nk[c] - c0 < kn ? nk[c] - c0 : kn;
+            const float *w = S + (c * n_keys + c0) * AW;
+            float *o = ot + c * hd * AW;
+            int64_t d = 0;
+            if (kc <= 0) continue;
+            for (; d + 8 <= hd; d += 8) attn_value_tile(8, kc, w, v + d, vld, o + d * AW);
+            for (; d + 4 <= hd; d += 4) attn_value_tile(4, kc, w, v + d, vld, o + d * AW);
+            for (; d < hd; d++) attn_value_tile(1, kc, w, v + d, vld, o + d * AW);
+        }
+    }
+
+    /* O = O^T / sum, back to rows. */
+    for (int c = 0; c < nc; c++) {
+        const __m256 sumv = _mm256_loadu_ps(sums + c * AW);
+        float *o = ot + c * hd * AW;
+        for (int64_t d = 0; d < hd; d++) _mm256_storeu_ps(o + d * AW, _mm256_div_ps(_mm256_loadu_ps(o + d * AW), sumv));
+        for (int j = 0; j < AW && c * AW + j < nl; j++) {
+            const int64_t jj = j0 + c * AW + j;
+            float *out = O + jj / g * o_ld + (jj % g) * hd;
+            for (int64_t d = 0; d < hd; d++) out[d] = o[d * AW + j];
+        }
+    }
+}
+
+AI void attn_blocked(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
+                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
+                     float *O, int64_t o_ld, float *scratch) {
+    const int64_t n = n_tok * g;
+    for (int64_t j0 = 0; j0 < n; j0 += PQ_ATTN_LANES_MAX)
+        attn_group(f16, hd, Q, q_ld, g, j0, (int)(n - j0 < PQ_ATTN_LANES_MAX ? n - j0 : PQ_ATTN_LANES_MAX),
+                   n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+}
+
+static void attn_f32(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
+                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
+                     float *O, int64_t o_ld, float *scratch) {
+    attn_blocked(0, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+}
+
+static void attn_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
+                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
+                     float *O, int64_t o_ld, float *scratch) {
+    attn_blocked(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+}
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -434,6 +626,9 @@ static void init(void) {
     k->axpy_f32 = axpy_f32;
     k->dot_f16 = dot_f16;
     k->axpy_f16 = axpy_f16;
+    k->attn_f32 = attn_f32;
+    k->attn_f16 = attn_f16;
+    k->attn_lanes = AW;
 }
 
 const pq_kernels *pq_kernels_avx2(void) {
