@@ -3,9 +3,9 @@
  * What it is: pq_ctx_init / free / eval / cancel / kv_bytes. One call to
  * pq_ctx_eval is one dispatch to the model's thread pool; every worker runs
  * forward_worker(), which walks the layers top to bottom and separates the
- * phases with the pool's barrier. Matmul rows, attention items ((token block,
- * kv head) in prefill, heads in decode) and per-token elementwise work are
- * split across the workers.
+ * phases with the pool's barrier. Matmul rows, attention items (token block,
+ * kv head, query heads) and per-token elementwise work are split across the
+ * workers.
  * What it is not: a kernel file. Block formats and SIMD live behind the
  * kernel table (kernels.h): here it is "quantize activations; matmul".
  *
@@ -226,30 +226,40 @@ static void forward_worker(void *arg, int ith, int nth) {
         /* Causal attention, query head h reading kv head h / group: scores
          * q.k / sqrt(head_dim) over positions 0..pos+t, softmax (f32, max
          * subtracted), then the weighted sum of values.
-         * Prefill: work items are (block of bt tokens, kv head), each one
-         * kernel call covering the group query heads of that kv head, so a
-         * key or value row is loaded once for up to PQ_ATTN_LANES_MAX query
-         * rows. Items go
-         * round-robin, kv head fastest, which evens out the causal triangle.
-         * Decode: items are heads, one dot per key and one axpy per value. */
+         * Work items are (block of bt tokens, kv head, piece of its group
+         * query heads), each one call of the blocked kernel, which reads a
+         * key or value row once for all the query rows (lanes) of the item.
+         * The group is cut into pieces only when there are too few items for
+         * the workers (decode). Items go round-robin, kv head fastest, which
+         * evens out the causal triangle. A lane's result does not depend on
+         * the other lanes of its call, so neither does it on the thread
+         * count. With fewer query rows per block than half a SIMD pass
+         * (decode of models with small groups), the blocked kernel would
+         * waste most of its lanes: there, items are (token, head) and each
+         * key costs one dot and each value one axpy. */
         float *att = c->att + (size_t)ith * c->att_stride;
-        const size_t row = (size_t)kv_dim * c->kv_elem;
-        if (n > 1) {
+        const int bt = group < PQ_ATTN_LANES_MAX ? PQ_ATTN_LANES_MAX / group : 1;
+        const int n_blk = (n + bt - 1) / bt;
+        int pieces = 1;
+        while (n_blk * n_kv * pieces < 2 * nth && pieces < group) pieces++;
+        const int gs = (group + pieces - 1) / pieces; /* query heads per item */
+        if ((n < bt ? n : bt) * group * 2 >= K->attn_lanes) {
             const pq_attn_fn attn = c->kv_type == PQ_TYPE_F32 ? K->attn_f32 : K->attn_f16;
-            const int bt = group < PQ_ATTN_LANES_MAX ? PQ_ATTN_LANES_MAX / group : 1;
-            const int n_blk = (n + bt - 1) / bt;
-            for (int u = ith; u < n_blk * n_kv; u += nth) {
-                const int t0 = u / n_kv * bt, kvh = u % n_kv, tn = n - t0 < bt ? n - t0 : bt;
+            for (int u = ith; u < n_blk * n_kv * pieces; u += nth) {
+                const int t0 = u / (n_kv * pieces) * bt, kvh = u / pieces % n_kv, i0 = u % pieces * gs;
+                const int tn = n - t0 < bt ? n - t0 : bt, gn = group - i0 < gs ? group - i0 : gs;
+                if (gn <= 0) continue;
                 const size_t off = (size_t)kvh * hd * c->kv_elem;
-                const int64_t qo = (int64_t)t0 * q_dim + (int64_t)kvh * group * hd;
-                attn(hd, c->q + qo, q_dim, group, tn, pos + t0, kc + off, vc + off, kv_dim, scale,
+                const int64_t qo = (int64_t)t0 * q_dim + (int64_t)(kvh * group + i0) * hd;
+                attn(hd, c->q + qo, q_dim, gn, tn, pos + t0, kc + off, vc + off, kv_dim, scale,
                      c->att_out + qo, q_dim, att);
             }
         } else {
-            for (int h = ith; h < n_heads; h += nth) {
-                const int kvh = h / group, n_pos = pos + 1;
-                const float *qh = c->q + h * hd;
-                float *out = c->att_out + h * hd;
+            const size_t row = (size_t)kv_dim * c->kv_elem;
+            for (int u = ith; u < n * n_heads; u += nth) {
+                const int t = u / n_heads, h = u % n_heads, kvh = h / group, n_pos = pos + t + 1;
+                const float *qh = c->q + (int64_t)t * q_dim + h * hd;
+                float *out = c->att_out + (int64_t)t * q_dim + h * hd;
                 const size_t off = (size_t)kvh * hd * c->kv_elem;
                 float mx = -INFINITY;
                 for (int p = 0; p < n_pos; p++) {
