@@ -2,8 +2,8 @@
  * not a test), every variant this CPU runs, f16 cache.
  *
  * - decode: one token of g query heads against n_keys cached positions,
- *   two ways: the per-position path (dot_f16 per key, axpy_f16 per value, as
- *   forward.c runs decode) and the blocked attn_f16 kernel with g lanes.
+ *   three ways: the per-position path (dot_f16 per key, axpy_f16 per value),
+ *   the blocked attn_f16 kernel with g lanes, and attn_dec_f16.
  * - prefill: the causal triangle of n_keys tokens for one kv head in calls
  *   of 64/g tokens (as forward.c deals prefill items), per-position path vs
  *   attn_f16.
@@ -71,7 +71,7 @@ int main(int argc, char **argv) {
         for (size_t v = 0; v < sizeof variants / sizeof variants[0]; v++) {
             if (pq_kernels_select(variants[v]) != PQ_OK) continue;
             const pq_kernels *K = pq_kernels_get();
-            double best[4] = {1e30, 1e30, 1e30, 1e30};
+            double best[5] = {1e30, 1e30, 1e30, 1e30, 1e30};
             for (int r = 0; r < reps; r++) {
                 double t0 = now();
                 per_position(K, hd, q, g, n_keys, kc, vc, kv_ld, scale, o, scratch);
@@ -87,11 +87,14 @@ int main(int argc, char **argv) {
                     K->attn_f16(hd, q + t0b * q_ld, q_ld, g, n_keys - t0b < bt ? n_keys - t0b : bt, t0b,
                                 kc, vc, kv_ld, scale, o + t0b * q_ld, q_ld, scratch);
                 double t4 = now();
-                double d[4] = {t1 - t0, t2 - t1, t3 - t2, t4 - t3};
-                for (int i = 0; i < 4; i++) if (d[i] < best[i]) best[i] = d[i];
+                if (K->attn_dec_f16)
+                    K->attn_dec_f16(hd, q, q_ld, g, 1, n_keys - 1, kc, vc, kv_ld, scale, o, q_ld, scratch);
+                double t5 = now();
+                double d[5] = {t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4};
+                for (int i = 0; i < 5; i++) if (d[i] < best[i]) best[i] = d[i];
             }
-            printf("  %-11s decode: per-position %6.2f  attn_f16 %6.2f   prefill: ", K->name,
-                   best[0] / pairs_dec * 1e9, best[1] / pairs_dec * 1e9);
+            printf("  %-11s decode: per-position %6.2f  attn_f16 %6.2f  attn_dec_f16 %6.2f   prefill: ",
+                   K->name, best[0] / pairs_dec * 1e9, best[1] / pairs_dec * 1e9, best[4] / pairs_dec * 1e9);
             if (n_keys <= 256) printf("per-position %6.2f  ", best[2] / pairs_pp * 1e9);
             printf("attn_f16 %6.2f\n", best[3] / pairs_pp * 1e9);
         }

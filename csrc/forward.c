@@ -231,20 +231,25 @@ static void forward_worker(void *arg, int ith, int nth) {
          * key or value row once for all the query rows (lanes) of the item.
          * The group is cut into pieces only when there are too few items for
          * the workers (decode). Items go round-robin, kv head fastest, which
-         * evens out the causal triangle. A lane's result does not depend on
-         * the other lanes of its call, so neither does it on the thread
-         * count. With fewer query rows per block than half a SIMD pass
-         * (decode of models with small groups), the blocked kernel would
-         * waste most of its lanes: there, items are (token, head) and each
-         * key costs one dot and each value one axpy. */
+         * evens out the causal triangle. With fewer query rows per block
+         * than half a SIMD pass (decode of models with small groups) the
+         * blocked kernel would waste most of its lanes, and the decode
+         * kernel (lanes over head_dim) takes the same items instead; a
+         * table without one (NEON) makes (token, head) items with one dot
+         * per key and one axpy per value. A query row's result does not
+         * depend on the other rows of its call, so neither does it on the
+         * thread count. */
         float *att = c->att + (size_t)ith * c->att_stride;
         const int bt = group < PQ_ATTN_LANES_MAX ? PQ_ATTN_LANES_MAX / group : 1;
         const int n_blk = (n + bt - 1) / bt;
         int pieces = 1;
         while (n_blk * n_kv * pieces < 2 * nth && pieces < group) pieces++;
         const int gs = (group + pieces - 1) / pieces; /* query heads per item */
-        if ((n < bt ? n : bt) * group * 2 >= K->attn_lanes) {
-            const pq_attn_fn attn = c->kv_type == PQ_TYPE_F32 ? K->attn_f32 : K->attn_f16;
+        const int blocked = (n < bt ? n : bt) * group * 2 >= K->attn_lanes;
+        const int f32 = c->kv_type == PQ_TYPE_F32;
+        const pq_attn_fn attn = blocked ? (f32 ? K->attn_f32 : K->attn_f16)
+                                        : (f32 ? K->attn_dec_f32 : K->attn_dec_f16);
+        if (attn) {
             for (int u = ith; u < n_blk * n_kv * pieces; u += nth) {
                 const int t0 = u / (n_kv * pieces) * bt, kvh = u / pieces % n_kv, i0 = u % pieces * gs;
                 const int tn = n - t0 < bt ? n - t0 : bt, gn = group - i0 < gs ? group - i0 : gs;

@@ -63,6 +63,9 @@ typedef struct pq_kernels {
      * SIMD pass covers (1 for the scalar twin). */
     pq_attn_fn attn_f32, attn_f16;
     int attn_lanes;
+    /* The same attention for a few query rows (decode): lanes over
+     * head_dim, a key/value row read once for the heads of a call. */
+    pq_attn_fn attn_dec_f32, attn_dec_f16;
 } pq_kernels;
 
 /* The active table; set by dispatch before any model is built. */

@@ -466,6 +466,8 @@ static void scalar_init(void) {
     k->attn_f32 = attn_f32;
     k->attn_f16 = attn_f16;
     k->attn_lanes = 1;
+    k->attn_dec_f32 = attn_f32;
+    k->attn_dec_f16 = attn_f16;
 }
 
 const pq_kernels *pq_kernels_scalar(void) {

@@ -44,6 +44,13 @@ AI float hsum_f32x8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+AI float hmax_f32x8(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
 AI float f16_load(const void *p) {
     uint16_t h;
     memcpy(&h, p, 2);
@@ -596,6 +603,125 @@ static void attn_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_
     attn_blocked(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
 }
 
+/* ---- attention for a few query rows (decode) ---------------------------------------- */
+
+/* Lanes over head_dim, 8 elements a register: each key row is loaded and
+ * converted once for the H (<= 4) query heads of a tile (queries read from
+ * L1 as FMA operands), each score costs one horizontal sum; values go one
+ * column chunk at a time over all keys, 4/H chunks per pass so that 4 FMA
+ * chains run side by side. Scratch: scores (H, n_keys). */
+AI __m256 dec_row8(const int f16, const void *X, int64_t i) {
+    if (f16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)X + i)));
+    return _mm256_loadu_ps((const float *)X + i);
+}
+
+AI float dec_elem(const int f16, const void *X, int64_t i) {
+    return f16 ? _cvtsh_ss(((const uint16_t *)X)[i]) : ((const float *)X)[i];
+}
+
+/* Columns [d, d + 8*CC) of the outputs of H heads: o = sum_p w_p V_p / sum
+ * (the same per column whatever CC and H, so results do not depend on them). */
+AI void dec_values(const int f16, const int H, const int CC, int64_t d, int64_t hd, int64_t n_keys,
+                   const void *V, int64_t kv_ld, const float *s, const float *sum, float *o) {
+    const size_t es = f16 ? 2 : 4;
+    __m256 ov[4][4];
+    for (int h = 0; h < H; h++)
+        for (int c = 0; c < CC; c++) ov[h][c] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < n_keys; p++) {
+        const char *v = (const char *)V + p * kv_ld * es;
+        __m256 r[4];
+        for (int c = 0; c < CC; c++) r[c] = dec_row8(f16, v, d + 8 * c);
+        for (int h = 0; h < H; h++) {
+            const __m256 w = _mm256_broadcast_ss(s + h * n_keys + p);
+            for (int c = 0; c < CC; c++) ov[h][c] = _mm256_fmadd_ps(w, r[c], ov[h][c]);
+        }
+    }
+    for (int h = 0; h < H; h++)
+        for (int c = 0; c < CC; c++)
+            _mm256_storeu_ps(o + h * hd + d + 8 * c, _mm256_div_ps(ov[h][c], _mm256_set1_ps(sum[h])));
+}
+
+/* Heads q + h*hd (h < H) of one token against keys/values 0..n_keys-1. */
+AI void dec_tile(const int f16, const int H, int64_t hd, int64_t n_keys, const float *q,
+                 const void *K, const void *V, int64_t kv_ld, float scale, float *o, float *s) {
+    const size_t es = f16 ? 2 : 4;
+    const int64_t hd8 = hd & ~(int64_t)7;
+    for (int64_t p = 0; p < n_keys; p++) {
+        const char *k = (const char *)K + p * kv_ld * es;
+        __m256 acc[4];
+        for (int h = 0; h < H; h++) acc[h] = _mm256_setzero_ps();
+        for (int64_t d = 0; d < hd8; d += 8) {
+            const __m256 r = dec_row8(f16, k, d);
+            for (int h = 0; h < H; h++) acc[h] = _mm256_fmadd_ps(r, _mm256_loadu_ps(q + h * hd + d), acc[h]);
+        }
+        for (int h = 0; h < H; h++) {
+            float t = hsum_f32x8(acc[h]);
+            for (int64_t d = hd8; d < hd; d++) t += dec_elem(f16, k, d) * q[h * hd + d];
+            s[h * n_keys + p] = t * scale;
+        }
+    }
+    float sum[4];
+    for (int h = 0; h < H; h++) {
+        float *sh = s + h * n_keys, tail[8];
+        const int64_t n8 = n_keys & ~(int64_t)7;
+        __m256 mx = _mm256_set1_ps(-INFINITY), sv = _mm256_setzero_ps();
+        for (int64_t p = 0; p < n8; p += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(sh + p));
+        float m = hmax_f32x8(mx);
+        for (int64_t p = n8; p < n_keys; p++) m = sh[p] > m ? sh[p] : m;
+        mx = _mm256_set1_ps(m);
+        for (int64_t p = 0; p < n8; p += 8) {
+            const __m256 e = attn_exp8(_mm256_sub_ps(_mm256_loadu_ps(sh + p), mx));
+            _mm256_storeu_ps(sh + p, e);
+            sv = _mm256_add_ps(sv, e);
+        }
+        for (int j = 0; j < 8; j++) tail[j] = n8 + j < n_keys ? sh[n8 + j] : -INFINITY;
+        const __m256 e = attn_exp8(_mm256_sub_ps(_mm256_loadu_ps(tail), mx));
+        _mm256_storeu_ps(tail, e);
+        for (int64_t p = n8; p < n_keys; p++) sh[p] = tail[p - n8];
+        sum[h] = hsum_f32x8(_mm256_add_ps(sv, e));
+    }
+    const int CC = H == 1 ? 4 : H == 2 ? 2 : 1; /* column chunks per pass */
+    int64_t d = 0;
+    for (; d + 8 * CC <= hd; d += 8 * CC) dec_values(f16, H, CC, d, hd, n_keys, V, kv_ld, s, sum, o);
+    for (; d + 8 <= hd; d += 8) dec_values(f16, H, 1, d, hd, n_keys, V, kv_ld, s, sum, o);
+    for (; d < hd; d++) /* the last hd % 8 columns */
+        for (int h = 0; h < H; h++) {
+            float t = 0.0f;
+            for (int64_t p = 0; p < n_keys; p++)
+                t += s[h * n_keys + p] * dec_elem(f16, (const char *)V + p * kv_ld * es, d);
+            o[h * hd + d] = t / sum[h];
+        }
+}
+
+AI void attn_dec(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
+                 int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
+                 float *O, int64_t o_ld, float *scratch) {
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int i = 0; i < g; i += 4) {
+            const float *q = Q + t * q_ld + i * hd;
+            float *o = O + t * o_ld + i * hd;
+            const int64_t nk = n_past + t + 1;
+            switch (g - i < 4 ? g - i : 4) {
+            case 1: dec_tile(f16, 1, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
+            case 2: dec_tile(f16, 2, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
+            case 3: dec_tile(f16, 3, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
+            default: dec_tile(f16, 4, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
+            }
+        }
+}
+
+static void attn_dec_f32(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
+                         int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
+                         float *O, int64_t o_ld, float *scratch) {
+    attn_dec(0, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+}
+
+static void attn_dec_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
+                         int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
+                         float *O, int64_t o_ld, float *scratch) {
+    attn_dec(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+}
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -629,6 +755,8 @@ static void init(void) {
     k->attn_f32 = attn_f32;
     k->attn_f16 = attn_f16;
     k->attn_lanes = AW;
+    k->attn_dec_f32 = attn_dec_f32;
+    k->attn_dec_f16 = attn_dec_f16;
 }
 
 const pq_kernels *pq_kernels_avx2(void) {

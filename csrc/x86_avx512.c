@@ -593,6 +593,108 @@ static void attn_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_
     attn_blocked(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
 }
 
+/* ---- attention for a few query rows (decode) ---------------------------------------- */
+
+/* Lanes over head_dim (64 or 128: 4 or 8 registers a row): each key and
+ * value row is loaded and converted once for the H query heads of a tile
+ * (H * row registers <= 16), the queries and outputs stay in registers, and
+ * each score costs one horizontal sum. Other head sizes go to the blocked
+ * kernel. Scratch: scores (H, n_keys). */
+AI __m512 dec_row16(const int f16, const void *X, int64_t i) {
+    if (f16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)X + i)));
+    return _mm512_loadu_ps((const float *)X + i);
+}
+
+/* Heads q + h*hd (h < H) of one token against keys/values 0..n_keys-1. */
+AI void dec_tile(const int f16, const int NCH, const int H, int64_t n_keys, const float *q,
+                 const void *K, const void *V, int64_t kv_ld, float scale, float *o, float *s) {
+    const int64_t hd = NCH * 16;
+    const size_t es = f16 ? 2 : 4;
+    __m512 qv[4][8], ov[4][8], rv[8];
+    for (int h = 0; h < H; h++)
+        for (int c = 0; c < NCH; c++) qv[h][c] = _mm512_loadu_ps(q + h * hd + c * 16);
+    for (int64_t p = 0; p < n_keys; p++) {
+        const char *k = (const char *)K + p * kv_ld * es;
+        for (int c = 0; c < NCH; c++) rv[c] = dec_row16(f16, k, c * 16);
+        for (int h = 0; h < H; h++) {
+            __m512 acc = _mm512_mul_ps(qv[h][0], rv[0]);
+            for (int c = 1; c < NCH; c++) acc = _mm512_fmadd_ps(qv[h][c], rv[c], acc);
+            s[h * n_keys + p] = _mm512_reduce_add_ps(acc) * scale;
+        }
+    }
+    float sum[4];
+    for (int h = 0; h < H; h++) {
+        float *sh = s + h * n_keys;
+        __m512 mx = _mm512_set1_ps(-INFINITY), sv = _mm512_setzero_ps();
+        for (int64_t p = 0; p < n_keys; p += 16) {
+            const __mmask16 m = n_keys - p >= 16 ? 0xffff : (__mmask16)((1u << (n_keys - p)) - 1);
+            mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, m, sh + p));
+        }
+        mx = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+        for (int64_t p = 0; p < n_keys; p += 16) {
+            const __mmask16 m = n_keys - p >= 16 ? 0xffff : (__mmask16)((1u << (n_keys - p)) - 1);
+            const __m512 e = _mm512_maskz_mov_ps(m, attn_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sh + p), mx)));
+            _mm512_mask_storeu_ps(sh + p, m, e);
+            sv = _mm512_add_ps(sv, e);
+        }
+        sum[h] = _mm512_reduce_add_ps(sv);
+        for (int c = 0; c < NCH; c++) ov[h][c] = _mm512_setzero_ps();
+    }
+    for (int64_t p = 0; p < n_keys; p++) {
+        const char *v = (const char *)V + p * kv_ld * es;
+        for (int c = 0; c < NCH; c++) rv[c] = dec_row16(f16, v, c * 16);
+        for (int h = 0; h < H; h++) {
+            const __m512 w = _mm512_set1_ps(s[h * n_keys + p]);
+            for (int c = 0; c < NCH; c++) ov[h][c] = _mm512_fmadd_ps(w, rv[c], ov[h][c]);
+        }
+    }
+    for (int h = 0; h < H; h++) {
+        const __m512 sv = _mm512_set1_ps(sum[h]);
+        for (int c = 0; c < NCH; c++) _mm512_storeu_ps(o + h * hd + c * 16, _mm512_div_ps(ov[h][c], sv));
+    }
+}
+
+AI void attn_dec(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
+                 int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
+                 float *O, int64_t o_ld, float *scratch) {
+    if (hd != 64 && hd != 128) {
+        attn_blocked(f16, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+        return;
+    }
+    const int hmax = hd == 64 ? 4 : 2;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int i = 0; i < g; i += hmax) {
+            const int H = g - i < hmax ? g - i : hmax;
+            const float *q = Q + t * q_ld + i * hd;
+            float *o = O + t * o_ld + i * hd;
+            const int64_t nk = n_past + t + 1;
+            if (hd == 64) {
+                switch (H) {
+                case 1: dec_tile(f16, 4, 1, nk, q, K, V, kv_ld, scale, o, scratch); break;
+                case 2: dec_tile(f16, 4, 2, nk, q, K, V, kv_ld, scale, o, scratch); break;
+                case 3: dec_tile(f16, 4, 3, nk, q, K, V, kv_ld, scale, o, scratch); break;
+                default: dec_tile(f16, 4, 4, nk, q, K, V, kv_ld, scale, o, scratch); break;
+                }
+            } else if (H == 1) {
+                dec_tile(f16, 8, 1, nk, q, K, V, kv_ld, scale, o, scratch);
+            } else {
+                dec_tile(f16, 8, 2, nk, q, K, V, kv_ld, scale, o, scratch);
+            }
+        }
+}
+
+static void attn_dec_f32(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
+                         int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
+                         float *O, int64_t o_ld, float *scratch) {
+    attn_dec(0, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+}
+
+static void attn_dec_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
+                         int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
+                         float *O, int64_t o_ld, float *scratch) {
+    attn_dec(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+}
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -621,6 +723,8 @@ static void init(void) {
     t512.attn_f32 = attn_f32;
     t512.attn_f16 = attn_f16;
     t512.attn_lanes = AW;
+    t512.attn_dec_f32 = attn_dec_f32;
+    t512.attn_dec_f16 = attn_dec_f16;
     t512vnni = t512;
     t512vnni.name = "avx512vnni";
     t512vnni.gemm[PQ_TYPE_Q4_0] = gemm_q4_0_vnni;

@@ -136,7 +136,7 @@ static void check_attn_case(int kv_type, int64_t hd, int g, int64_t n_tok, int64
         for (int64_t i = 0; i < n_tok * o_ld; i++) o[i] = NAN;
         const void *K = f16 ? (const void *)(kh + hd) : (const void *)(kf + hd);
         const void *V = f16 ? (const void *)(vh + hd) : (const void *)(vf + hd);
-        pq_kernel_attn(variants[vi], kv_type, hd, q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, o, o_ld);
+        pq_kernel_attn(variants[vi], 0, kv_type, hd, q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, o, o_ld);
         for (int64_t t = 0; t < n_tok; t++)
             for (int i = 0; i < g; i++) {
                 const float *qq = q + t * q_ld + i * hd;
@@ -201,7 +201,7 @@ static void check_attn(void) {
         q[2 * i + 1] = 0;
         o[2 * i] = o[2 * i + 1] = NAN;
     }
-    pq_kernel_attn("neon", PQ_TYPE_F32, 2, q, 2 * G, G, 1, 1, k, v, 2, 1.0f, o, 2 * G);
+    pq_kernel_attn("neon", 0, PQ_TYPE_F32, 2, q, 2 * G, G, 1, 1, k, v, 2, 1.0f, o, 2 * G);
     for (int i = 0; i < G; i++) {
         const double e = exp((double)q[2 * i]), r1 = e / (1 + e);
         checks++;
