@@ -469,6 +469,125 @@ static void attn_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_
     attn_blocked(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
 }
 
+/* ---- attention for a few query rows (decode) ---------------------------------------- */
+
+/* Lanes over head_dim, 4 elements a register: each key row is loaded and
+ * converted once for the H (<= 4) query heads of a tile (two accumulators a
+ * head), each score costs one horizontal sum; values go a few column chunks
+ * at a time over all keys, so that 8 FMA chains run side by side.
+ * Scratch: scores (H, n_keys). */
+AI float32x4_t dec_row4(const int f16, const void *X, int64_t i) {
+    return f16 ? load_w4(K_F16, (const char *)X, i) : vld1q_f32((const float *)X + i);
+}
+
+AI float dec_elem(const int f16, const void *X, int64_t i) {
+    return f16 ? pq_fp16_to_fp32(((const uint16_t *)X)[i]) : ((const float *)X)[i];
+}
+
+/* Columns [d, d + 4*CC) of the outputs of H heads: o = sum_p w_p V_p / sum
+ * (the same per column whatever CC and H, so results do not depend on them). */
+AI void dec_values(const int f16, const int H, const int CC, int64_t d, int64_t hd, int64_t n_keys,
+                   const void *V, int64_t kv_ld, const float *s, const float *sum, float *o) {
+    const size_t es = f16 ? 2 : 4;
+    float32x4_t ov[4][8];
+    for (int h = 0; h < H; h++)
+        for (int c = 0; c < CC; c++) ov[h][c] = vdupq_n_f32(0.0f);
+    for (int64_t p = 0; p < n_keys; p++) {
+        const char *v = (const char *)V + p * kv_ld * es;
+        float32x4_t r[8];
+        for (int c = 0; c < CC; c++) r[c] = dec_row4(f16, v, d + 4 * c);
+        for (int h = 0; h < H; h++) {
+            const float w = s[h * n_keys + p];
+            for (int c = 0; c < CC; c++) ov[h][c] = vfmaq_n_f32(ov[h][c], r[c], w);
+        }
+    }
+    for (int h = 0; h < H; h++)
+        for (int c = 0; c < CC; c++)
+            vst1q_f32(o + h * hd + d + 4 * c, vdivq_f32(ov[h][c], vdupq_n_f32(sum[h])));
+}
+
+/* Heads q + h*hd (h < H) of one token against keys/values 0..n_keys-1. */
+AI void dec_tile(const int f16, const int H, int64_t hd, int64_t n_keys, const float *q,
+                 const void *K, const void *V, int64_t kv_ld, float scale, float *o, float *s) {
+    const size_t es = f16 ? 2 : 4;
+    const int64_t hd4 = hd & ~(int64_t)3;
+    for (int64_t p = 0; p < n_keys; p++) {
+        const char *k = (const char *)K + p * kv_ld * es;
+        float32x4_t acc[4][2];
+        for (int h = 0; h < H; h++) acc[h][0] = acc[h][1] = vdupq_n_f32(0.0f);
+        for (int64_t d = 0; d < hd4; d += 4) {
+            const float32x4_t r = dec_row4(f16, k, d);
+            const int a = (int)(d >> 2) & 1;
+            for (int h = 0; h < H; h++) acc[h][a] = vfmaq_f32(acc[h][a], r, vld1q_f32(q + h * hd + d));
+        }
+        for (int h = 0; h < H; h++) {
+            float t = vaddvq_f32(vaddq_f32(acc[h][0], acc[h][1]));
+            for (int64_t d = hd4; d < hd; d++) t += dec_elem(f16, k, d) * q[h * hd + d];
+            s[h * n_keys + p] = t * scale;
+        }
+    }
+    float sum[4];
+    for (int h = 0; h < H; h++) {
+        float *sh = s + h * n_keys, tail[4];
+        const int64_t n4 = n_keys & ~(int64_t)3;
+        float32x4_t mx = vdupq_n_f32(-INFINITY), sv = vdupq_n_f32(0.0f);
+        for (int64_t p = 0; p < n4; p += 4) mx = vmaxq_f32(mx, vld1q_f32(sh + p));
+        float m = vmaxvq_f32(mx);
+        for (int64_t p = n4; p < n_keys; p++) m = sh[p] > m ? sh[p] : m;
+        mx = vdupq_n_f32(m);
+        for (int64_t p = 0; p < n4; p += 4) {
+            const float32x4_t e = attn_exp4(vsubq_f32(vld1q_f32(sh + p), mx));
+            vst1q_f32(sh + p, e);
+            sv = vaddq_f32(sv, e);
+        }
+        for (int j = 0; j < 4; j++) tail[j] = n4 + j < n_keys ? sh[n4 + j] : -INFINITY;
+        const float32x4_t e = attn_exp4(vsubq_f32(vld1q_f32(tail), mx));
+        vst1q_f32(tail, e);
+        for (int64_t p = n4; p < n_keys; p++) sh[p] = tail[p - n4];
+        sum[h] = vaddvq_f32(vaddq_f32(sv, e));
+    }
+    const int CC = H == 1 ? 8 : H == 2 ? 4 : 2; /* column chunks per pass */
+    int64_t d = 0;
+    for (; d + 4 * CC <= hd; d += 4 * CC) dec_values(f16, H, CC, d, hd, n_keys, V, kv_ld, s, sum, o);
+    for (; d + 4 <= hd; d += 4) dec_values(f16, H, 1, d, hd, n_keys, V, kv_ld, s, sum, o);
+    for (; d < hd; d++) /* the last hd % 4 columns */
+        for (int h = 0; h < H; h++) {
+            float t = 0.0f;
+            for (int64_t p = 0; p < n_keys; p++)
+                t += s[h * n_keys + p] * dec_elem(f16, (const char *)V + p * kv_ld * es, d);
+            o[h * hd + d] = t / sum[h];
+        }
+}
+
+AI void attn_dec(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
+                 int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
+                 float *O, int64_t o_ld, float *scratch) {
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int i = 0; i < g; i += 4) {
+            const float *q = Q + t * q_ld + i * hd;
+            float *o = O + t * o_ld + i * hd;
+            const int64_t nk = n_past + t + 1;
+            switch (g - i < 4 ? g - i : 4) {
+            case 1: dec_tile(f16, 1, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
+            case 2: dec_tile(f16, 2, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
+            case 3: dec_tile(f16, 3, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
+            default: dec_tile(f16, 4, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
+            }
+        }
+}
+
+static void attn_dec_f32(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
+                         int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
+                         float *O, int64_t o_ld, float *scratch) {
+    attn_dec(0, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+}
+
+static void attn_dec_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
+                         int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
+                         float *O, int64_t o_ld, float *scratch) {
+    attn_dec(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+}
+
 static void copy_f32(const float *x, void *y, int64_t n) { memcpy(y, x, (size_t)n * 4); }
 
 /* ---- the table ------------------------------------------------------------------------ */
@@ -511,6 +630,8 @@ static void init(void) {
     k->attn_f32 = attn_f32;
     k->attn_f16 = attn_f16;
     k->attn_lanes = AW;
+    k->attn_dec_f32 = attn_dec_f32;
+    k->attn_dec_f16 = attn_dec_f16;
 }
 
 const pq_kernels *pq_kernels_neon(void) {
