@@ -227,18 +227,15 @@ static void forward_worker(void *arg, int ith, int nth) {
          * q.k / sqrt(head_dim) over positions 0..pos+t, softmax (f32, max
          * subtracted), then the weighted sum of values.
          * Work items are (block of bt tokens, kv head, piece of its group
-         * query heads), each one call of the blocked kernel, which reads a
-         * key or value row once for all the query rows (lanes) of the item.
-         * The group is cut into pieces only when there are too few items for
-         * the workers (decode). Items go round-robin, kv head fastest, which
-         * evens out the causal triangle. With fewer query rows per block
-         * than half a SIMD pass (decode of models with small groups) the
-         * blocked kernel would waste most of its lanes, and the decode
-         * kernel (lanes over head_dim) takes the same items instead; a
-         * table without one (NEON) makes (token, head) items with one dot
-         * per key and one axpy per value. A query row's result does not
-         * depend on the other rows of its call, so neither does it on the
-         * thread count. */
+         * query heads), each one kernel call that reads a key or value row
+         * once for all the query rows of the item. The group is cut into
+         * pieces only when there are too few items for the workers (decode).
+         * Items go round-robin, kv head fastest, which evens out the causal
+         * triangle. The blocked kernel puts query rows in SIMD lanes; with
+         * fewer rows per block than half its lanes (decode of models with
+         * small groups) the decode kernel (lanes over head_dim) runs instead.
+         * A row's result does not depend on the other rows of its call, so
+         * neither does it on the thread count. */
         float *att = c->att + (size_t)ith * c->att_stride;
         const int bt = group < PQ_ATTN_LANES_MAX ? PQ_ATTN_LANES_MAX / group : 1;
         const int n_blk = (n + bt - 1) / bt;
@@ -249,43 +246,14 @@ static void forward_worker(void *arg, int ith, int nth) {
         const int f32 = c->kv_type == PQ_TYPE_F32;
         const pq_attn_fn attn = blocked ? (f32 ? K->attn_f32 : K->attn_f16)
                                         : (f32 ? K->attn_dec_f32 : K->attn_dec_f16);
-        if (attn) {
-            for (int u = ith; u < n_blk * n_kv * pieces; u += nth) {
-                const int t0 = u / (n_kv * pieces) * bt, kvh = u / pieces % n_kv, i0 = u % pieces * gs;
-                const int tn = n - t0 < bt ? n - t0 : bt, gn = group - i0 < gs ? group - i0 : gs;
-                if (gn <= 0) continue;
-                const size_t off = (size_t)kvh * hd * c->kv_elem;
-                const int64_t qo = (int64_t)t0 * q_dim + (int64_t)(kvh * group + i0) * hd;
-                attn(hd, c->q + qo, q_dim, gn, tn, pos + t0, kc + off, vc + off, kv_dim, scale,
-                     c->att_out + qo, q_dim, att);
-            }
-        } else {
-            const size_t row = (size_t)kv_dim * c->kv_elem;
-            for (int u = ith; u < n * n_heads; u += nth) {
-                const int t = u / n_heads, h = u % n_heads, kvh = h / group, n_pos = pos + t + 1;
-                const float *qh = c->q + (int64_t)t * q_dim + h * hd;
-                float *out = c->att_out + (int64_t)t * q_dim + h * hd;
-                const size_t off = (size_t)kvh * hd * c->kv_elem;
-                float mx = -INFINITY;
-                for (int p = 0; p < n_pos; p++) {
-                    const void *kp = kc + p * row + off;
-                    float s = c->kv_type == PQ_TYPE_F32 ? K->dot_f32(kp, qh, hd)
-                                                        : K->dot_f16(kp, qh, hd);
-                    att[p] = s * scale;
-                    if (att[p] > mx) mx = att[p];
-                }
-                float sum = 0;
-                for (int p = 0; p < n_pos; p++) {
-                    att[p] = expf(att[p] - mx);
-                    sum += att[p];
-                }
-                memset(out, 0, sizeof(float) * hd);
-                for (int p = 0; p < n_pos; p++) {
-                    const void *vp = vc + p * row + off;
-                    if (c->kv_type == PQ_TYPE_F32) K->axpy_f32(att[p] / sum, vp, out, hd);
-                    else K->axpy_f16(att[p] / sum, vp, out, hd);
-                }
-            }
+        for (int u = ith; u < n_blk * n_kv * pieces; u += nth) {
+            const int t0 = u / (n_kv * pieces) * bt, kvh = u / pieces % n_kv, i0 = u % pieces * gs;
+            const int tn = n - t0 < bt ? n - t0 : bt, gn = group - i0 < gs ? group - i0 : gs;
+            if (gn <= 0) continue;
+            const size_t off = (size_t)kvh * hd * c->kv_elem;
+            const int64_t qo = (int64_t)t0 * q_dim + (int64_t)(kvh * group + i0) * hd;
+            attn(hd, c->q + qo, q_dim, gn, tn, pos + t0, kc + off, vc + off, kv_dim, scale,
+                 c->att_out + qo, q_dim, att);
         }
         pq_pool_barrier(pool);
 

@@ -54,7 +54,8 @@ typedef struct pq_kernels {
     const char *name;                          /* "scalar", "avx2", ... */
     pq_quantize_fn quantize_act[PQ_TYPE_COUNT]; /* by weight type */
     pq_gemm_fn gemm[PQ_TYPE_COUNT];             /* by weight type */
-    /* Attention helpers over the KV cache, f32 or f16 storage. */
+    /* Vector helpers over KV-cache rows, f32 or f16 storage (the forward
+     * pass now uses the attention kernels below instead). */
     float (*dot_f32)(const float *a, const float *b, int64_t n);
     void (*axpy_f32)(float a, const float *x, float *y, int64_t n); /* y += a*x */
     float (*dot_f16)(const uint16_t *a, const float *b, int64_t n);
