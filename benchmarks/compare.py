@@ -114,6 +114,16 @@ def run_worker(engine, path, threads, pp, tg, reps):
                     with_c = False
         res["tg_tokens"] = toks
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if tg > 0 and hasattr(eng, "decode_api") and "tgc_s" in res:
+        # The app API (Session.generate, greedy) against the C loop, each API
+        # run right before a C run so both see the same machine load. After
+        # peak RSS: the API loads a second mapping of the file.
+        for _ in range(reps):
+            per_tok, atoks = eng.decode_api(first, tg, timer)
+            res.setdefault("api_tok_s", []).append(per_tok)
+            dt, _ = eng.decode_c(first, tg, timer)
+            res.setdefault("api_c_tok_s", []).append(dt / tg)
+        res["api_same_tokens"] = atoks == toks
     eng.close()
     return res
 
@@ -311,6 +321,13 @@ def report(meta, rows, bw):
                          f"{100 * per * row['tg'] / statistics.median(a['tg_s']):.1f} % of the step")
         elif a.get("tgc_error"):
             notes.append(f"- {row['model']}, {row['threads']} thr: C step loop {a['tgc_error']}")
+        if a.get("api_tok_s"):   # pairs measured back to back
+            ratios = [p / c for p, c in zip(a["api_tok_s"], a["api_c_tok_s"])]
+            notes.append(f"- {row['model']}, {row['threads']} thr: app API (Session.generate, "
+                         f"greedy) {statistics.median(a['api_tok_s']) * 1e3:.2f} ms/token vs C loop "
+                         f"{statistics.median(a['api_c_tok_s']) * 1e3:.2f}; API / C per pair "
+                         f"{', '.join(f'{r:.3f}' for r in ratios)} (median "
+                         f"{statistics.median(ratios):.3f}); same tokens: {a.get('api_same_tokens')}")
         if b.get("notes") and row["threads"] == rows[0]["threads"]:
             notes.append(f"- {row['model']}: llama.cpp used {b['notes']}")
         n = _agree(a.get("tg_tokens"), b.get("tg_tokens"))

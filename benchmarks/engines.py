@@ -164,6 +164,7 @@ class PyllamaQ:
         self.n_vocab = int(self.weights.n_vocab)
         import pyllama_q
 
+        self.path, self.n_threads = path, n_threads
         self.kernels = pyllama_q.cpu_info()["kernels"]
         self.version = pyllama_q.__version__
 
@@ -211,7 +212,31 @@ class PyllamaQ:
             raise RuntimeError(f"pq_ctx_bench_decode: {ffi.string(lib.pq_status_str(rc)).decode()}")
         return dt, list(buf)
 
+    def decode_api(self, first, n, timer):
+        """Seconds per generated token of the same greedy continuation through
+        the app API (pyllama_q.load -> Session.generate: sampler, detokenizer,
+        stop handling, Chunk objects), from stats.t_gen. The model is loaded
+        on first use (a second mapping of the same file)."""
+        import pyllama_q
+
+        if getattr(self, "api_model", None) is None:
+            self.api_model = pyllama_q.load(self.path, n_threads=self.n_threads,
+                                            n_ctx=self.kv.n_ctx)
+        m = self.api_model
+        # never stop early at an end-of-generation token: n tokens, like decode()
+        bias = {int(i): -1e30 for i in m.tokenizer.eog_ids}
+        with m.session() as s:
+            chunks = list(s.generate(tokens=[int(first)], max_tokens=n, temperature=0,
+                                     logit_bias=bias))
+            st = s.stats
+        # n tokens are sampled but n - 1 evaluated (the prompt's logits give the
+        # first): divide by n - 1, which can only overstate the API's cost
+        return st.t_gen / max(st.n_gen - 1, 1), [c.token for c in chunks if c.token >= 0]
+
     def close(self):
+        api = getattr(self, "api_model", None)
+        if api is not None:
+            api.close()
         for obj in (getattr(self, "kv", None), getattr(self, "weights", None)):
             close = getattr(obj, "close", None)
             if close:

@@ -219,6 +219,26 @@ int pq_kernel_axpy(const char *variant, int type, float alpha, const void *x, fl
     return PQ_OK;
 }
 
+int pq_kernel_attn(const char *variant, int decode, int kv_type, int64_t hd, const float *Q, int64_t q_ld,
+                   int g, int64_t n_tok, int64_t n_past, const void *K, const void *V,
+                   int64_t kv_ld, float scale, float *O, int64_t o_ld) {
+    pthread_once(&once, init);
+    if (!Q || !K || !V || !O || hd <= 0 || g <= 0 || n_tok < 0 || n_past < 0) return PQ_ERR_ARG;
+    if (q_ld < g * hd || o_ld < g * hd || kv_ld < hd) return PQ_ERR_ARG;
+    const pq_kernels *k = variant ? table_of(variant) : active;
+    if (!k) return PQ_ERR_UNSUPPORTED;
+    if (kv_type != PQ_TYPE_F32 && kv_type != PQ_TYPE_F16) return PQ_ERR_TYPE;
+    const int f32 = kv_type == PQ_TYPE_F32;
+    pq_attn_fn f = decode ? (f32 ? k->attn_dec_f32 : k->attn_dec_f16) : (f32 ? k->attn_f32 : k->attn_f16);
+    if (!f) return PQ_ERR_UNSUPPORTED;
+    float *scratch = NULL;
+    if (posix_memalign((void **)&scratch, 64, pq_attn_scratch_floats(n_past + n_tok, hd) * sizeof(float)))
+        return PQ_ERR_NOMEM;
+    f(hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+    free(scratch);
+    return PQ_OK;
+}
+
 int pq_kernel_quantize_act(const char *variant, int wtype, const float *x, void *y,
                            int64_t n_rows, int64_t cols) {
     pthread_once(&once, init);

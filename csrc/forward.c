@@ -3,8 +3,9 @@
  * What it is: pq_ctx_init / free / eval / cancel / kv_bytes. One call to
  * pq_ctx_eval is one dispatch to the model's thread pool; every worker runs
  * forward_worker(), which walks the layers top to bottom and separates the
- * phases with the pool's barrier. Matmul rows, attention (token, head) pairs
- * and per-token elementwise work are split across the workers.
+ * phases with the pool's barrier. Matmul rows, attention items (token block,
+ * kv head, query heads) and per-token elementwise work are split across the
+ * workers.
  * What it is not: a kernel file. Block formats and SIMD live behind the
  * kernel table (kernels.h): here it is "quantize activations; matmul".
  *
@@ -46,7 +47,8 @@ struct pq_ctx {
     float *att_out;           /* (n_batch, q_dim) attention output, heads concatenated */
     float *tmp;               /* (n_batch, dim) Wo / down output before the residual */
     float *hb, *hb2;          /* (n_batch, ffn_dim) gate (then silu*up), up */
-    float *att;               /* (n_threads, n_ctx) one score row per worker */
+    float *att;               /* (n_threads, att_stride) attention scratch per worker */
+    size_t att_stride;        /* floats: pq_attn_scratch_floats(n_ctx, head_dim), rounded */
     float *rope_cos, *rope_sin; /* (n_batch, rope_dim/2) per token of the batch */
     pq_priv *priv;            /* (n_threads) */
     int n_threads;
@@ -223,34 +225,35 @@ static void forward_worker(void *arg, int ith, int nth) {
 
         /* Causal attention, query head h reading kv head h / group: scores
          * q.k / sqrt(head_dim) over positions 0..pos+t, softmax (f32, max
-         * subtracted), then the weighted sum of values. Work items are
-         * (token, head) pairs dealt round-robin, which also evens out the
-         * triangle of a causal prefill. */
-        float *att = c->att + (size_t)ith * c->n_ctx;
-        for (int u = ith; u < n * n_heads; u += nth) {
-            int t = u / n_heads, h = u % n_heads, kvh = h / group, n_pos = pos + t + 1;
-            const float *qh = c->q + (int64_t)t * q_dim + h * hd;
-            float *out = c->att_out + (int64_t)t * q_dim + h * hd;
-            size_t row = (size_t)kv_dim * c->kv_elem, off = (size_t)kvh * hd * c->kv_elem;
-            float mx = -INFINITY;
-            for (int p = 0; p < n_pos; p++) {
-                const void *kp = kc + p * row + off;
-                float s = c->kv_type == PQ_TYPE_F32 ? K->dot_f32(kp, qh, hd)
-                                                    : K->dot_f16(kp, qh, hd);
-                att[p] = s * scale;
-                if (att[p] > mx) mx = att[p];
-            }
-            float sum = 0;
-            for (int p = 0; p < n_pos; p++) {
-                att[p] = expf(att[p] - mx);
-                sum += att[p];
-            }
-            memset(out, 0, sizeof(float) * hd);
-            for (int p = 0; p < n_pos; p++) {
-                const void *vp = vc + p * row + off;
-                if (c->kv_type == PQ_TYPE_F32) K->axpy_f32(att[p] / sum, vp, out, hd);
-                else K->axpy_f16(att[p] / sum, vp, out, hd);
-            }
+         * subtracted), then the weighted sum of values.
+         * Work items are (block of bt tokens, kv head, piece of its group
+         * query heads), each one kernel call that reads a key or value row
+         * once for all the query rows of the item. The group is cut into
+         * pieces only when there are too few items for the workers (decode).
+         * Items go round-robin, kv head fastest, which evens out the causal
+         * triangle. The blocked kernel puts query rows in SIMD lanes; with
+         * fewer rows per block than half its lanes (decode of models with
+         * small groups) the decode kernel (lanes over head_dim) runs instead.
+         * A row's result does not depend on the other rows of its call, so
+         * neither does it on the thread count. */
+        float *att = c->att + (size_t)ith * c->att_stride;
+        const int bt = group < PQ_ATTN_LANES_MAX ? PQ_ATTN_LANES_MAX / group : 1;
+        const int n_blk = (n + bt - 1) / bt;
+        int pieces = 1;
+        while (n_blk * n_kv * pieces < 2 * nth && pieces < group) pieces++;
+        const int gs = (group + pieces - 1) / pieces; /* query heads per item */
+        const int blocked = (n < bt ? n : bt) * group * 2 >= K->attn_lanes;
+        const int f32 = c->kv_type == PQ_TYPE_F32;
+        const pq_attn_fn attn = blocked ? (f32 ? K->attn_f32 : K->attn_f16)
+                                        : (f32 ? K->attn_dec_f32 : K->attn_dec_f16);
+        for (int u = ith; u < n_blk * n_kv * pieces; u += nth) {
+            const int t0 = u / (n_kv * pieces) * bt, kvh = u / pieces % n_kv, i0 = u % pieces * gs;
+            const int tn = n - t0 < bt ? n - t0 : bt, gn = group - i0 < gs ? group - i0 : gs;
+            if (gn <= 0) continue;
+            const size_t off = (size_t)kvh * hd * c->kv_elem;
+            const int64_t qo = (int64_t)t0 * q_dim + (int64_t)(kvh * group + i0) * hd;
+            attn(hd, c->q + qo, q_dim, gn, tn, pos + t0, kc + off, vc + off, kv_dim, scale,
+                 c->att_out + qo, q_dim, att);
         }
         pq_pool_barrier(pool);
 
@@ -376,7 +379,8 @@ int pq_ctx_init(pq_ctx **out, pq_model *m, int32_t n_ctx, int32_t n_batch, int k
     ok &= (c->tmp = aligned_calloc(nb * hp->dim * f)) != NULL;
     ok &= (c->hb = aligned_calloc(nb * hp->ffn_dim * f)) != NULL;
     ok &= (c->hb2 = aligned_calloc(nb * hp->ffn_dim * f)) != NULL;
-    ok &= (c->att = aligned_calloc((size_t)pq_model_n_threads(m) * n_ctx * f)) != NULL;
+    c->att_stride = (pq_attn_scratch_floats(n_ctx, hp->head_dim) + 15) / 16 * 16;
+    ok &= (c->att = aligned_calloc((size_t)pq_model_n_threads(m) * c->att_stride * f)) != NULL;
     ok &= (c->rope_cos = aligned_calloc(nb * (hp->rope_dim / 2) * f)) != NULL;
     ok &= (c->rope_sin = aligned_calloc(nb * (hp->rope_dim / 2) * f)) != NULL;
     /* Decode staging: a worker's private rows are used when n < n_threads. */

@@ -26,15 +26,47 @@ typedef void (*pq_gemm_fn)(int64_t cols, const void *W, size_t w_stride,
                            const void *X, size_t x_stride, int64_t n_tok,
                            float *Y, int64_t ldy, int64_t r0, int64_t r1);
 
+/* Causal attention of a block of query rows against one kv head.
+ * Rows ("lanes") j in [0, n_tok*g): token t = j / g, head i = j % g, the query
+ * Q + t*q_ld + i*hd (floats), output O + t*o_ld + i*hd. Lane j sees the keys
+ * and values of positions 0 .. n_past + t (rows of K and V, kv_ld elements
+ * apart, f32 or f16 as the cache holds them):
+ *   s_p = scale * dot(q, K_p); w = softmax(s) in f32, max subtracted;
+ *   o = sum_p w_p V_p.
+ * Shapes: Q (n_tok, g, hd) @ K (n_past+n_tok, hd)^T -> (n_tok*g, n_past+n_tok)
+ * scores, @ V (n_past+n_tok, hd) -> O (n_tok, g, hd).
+ * scratch holds at least pq_attn_scratch_floats(n_past + n_tok, hd) floats,
+ * 64-byte aligned. SIMD variants pass over the keys once per group of up to
+ * PQ_ATTN_LANES_MAX lanes, in register-wide chunks of pq_kernels.attn_lanes. */
+typedef void (*pq_attn_fn)(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
+                           int64_t n_past, const void *K, const void *V, int64_t kv_ld,
+                           float scale, float *O, int64_t o_ld, float *scratch);
+
+enum { PQ_ATTN_LANES_MAX = 64, PQ_ATTN_KEY_CHUNK = 64 };
+
+/* Scores (n_keys, lanes), Q^T and O^T (hd, lanes), max and sum (lanes), and
+ * one chunk of keys or values converted to f32 (PQ_ATTN_KEY_CHUNK, hd). */
+static inline size_t pq_attn_scratch_floats(int64_t n_keys, int64_t hd) {
+    return (size_t)(n_keys + 2 * hd + 2) * PQ_ATTN_LANES_MAX + (size_t)PQ_ATTN_KEY_CHUNK * hd;
+}
+
 typedef struct pq_kernels {
     const char *name;                          /* "scalar", "avx2", ... */
     pq_quantize_fn quantize_act[PQ_TYPE_COUNT]; /* by weight type */
     pq_gemm_fn gemm[PQ_TYPE_COUNT];             /* by weight type */
-    /* Attention helpers over the KV cache, f32 or f16 storage. */
+    /* Vector helpers over KV-cache rows, f32 or f16 storage (the forward
+     * pass now uses the attention kernels below instead). */
     float (*dot_f32)(const float *a, const float *b, int64_t n);
     void (*axpy_f32)(float a, const float *x, float *y, int64_t n); /* y += a*x */
     float (*dot_f16)(const uint16_t *a, const float *b, int64_t n);
     void (*axpy_f16)(float a, const uint16_t *x, float *y, int64_t n);
+    /* Blocked causal attention (prefill), by cache type, and the lanes one
+     * SIMD pass covers (1 for the scalar twin). */
+    pq_attn_fn attn_f32, attn_f16;
+    int attn_lanes;
+    /* The same attention for a few query rows (decode): lanes over
+     * head_dim, a key/value row read once for the heads of a call. */
+    pq_attn_fn attn_dec_f32, attn_dec_f16;
 } pq_kernels;
 
 /* The active table; set by dispatch before any model is built. */

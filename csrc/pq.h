@@ -88,6 +88,16 @@ int pq_kernel_dot(const char *variant, int type, const void *a, const float *b,
                   int64_t n, float *out);
 int pq_kernel_axpy(const char *variant, int type, float alpha, const void *x, float *y,
                    int64_t n);
+/* Test hook for the causal attention kernels of a variant (NULL = active):
+ * n_tok tokens of g query heads each (Q, O rows q_ld / o_ld floats apart, heads
+ * hd apart) against the n_past + n_tok cached keys and values K, V (kv_type
+ * PQ_TYPE_F32 or PQ_TYPE_F16, rows kv_ld elements apart); token t sees
+ * positions 0..n_past+t. decode 0: the blocked (prefill) kernel, 1: the
+ * decode kernel (PQ_ERR_UNSUPPORTED if the variant has none). Allocates its
+ * scratch. */
+int pq_kernel_attn(const char *variant, int decode, int kv_type, int64_t hd, const float *Q, int64_t q_ld,
+                   int g, int64_t n_tok, int64_t n_past, const void *K, const void *V,
+                   int64_t kv_ld, float scale, float *O, int64_t o_ld);
 
 /* ---- model ---------------------------------------------------------------- */
 typedef struct {

@@ -400,6 +400,45 @@ static void axpy_f16(float a, const uint16_t *x, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += a * pq_fp16_to_fp32(x[i]);
 }
 
+/* Causal attention for one kv head, lane by lane (see pq_attn_fn):
+ * s_p = scale * q.K_p for p <= n_past + t; w = exp(s - max) / sum;
+ * o = (sum_p exp(s_p - max) V_p) / sum. kind 0: f32 cache, 1: f16. */
+static void attn_rows(int kind, int64_t hd, const float *Q, int64_t q_ld, int g,
+                      int64_t n_tok, int64_t n_past, const void *K, const void *V,
+                      int64_t kv_ld, float scale, float *O, int64_t o_ld, float *scratch) {
+    for (int64_t j = 0; j < n_tok * g; j++) {
+        const int64_t t = j / g, n_keys = n_past + t + 1;
+        const float *q = Q + t * q_ld + (j % g) * hd;
+        float *o = O + t * o_ld + (j % g) * hd, *s = scratch, *acc = scratch + n_keys;
+        float mx = -INFINITY, sum = 0.0f;
+        for (int64_t p = 0; p < n_keys; p++) {
+            s[p] = scale * (kind ? dot_f16((const uint16_t *)K + p * kv_ld, q, hd)
+                                 : dot_f32((const float *)K + p * kv_ld, q, hd));
+            if (s[p] > mx) mx = s[p];
+        }
+        for (int64_t d = 0; d < hd; d++) acc[d] = 0.0f;
+        for (int64_t p = 0; p < n_keys; p++) {
+            s[p] = expf(s[p] - mx);
+            sum += s[p];
+            if (kind) axpy_f16(s[p], (const uint16_t *)V + p * kv_ld, acc, hd);
+            else axpy_f32(s[p], (const float *)V + p * kv_ld, acc, hd);
+        }
+        for (int64_t d = 0; d < hd; d++) o[d] = acc[d] / sum;
+    }
+}
+
+static void attn_f32(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
+                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
+                     float *O, int64_t o_ld, float *scratch) {
+    attn_rows(0, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+}
+
+static void attn_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
+                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
+                     float *O, int64_t o_ld, float *scratch) {
+    attn_rows(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+}
+
 /* ---- the scalar table -------------------------------------------------------- */
 
 static pq_kernels scalar_table;
@@ -424,6 +463,11 @@ static void scalar_init(void) {
     k->axpy_f32 = axpy_f32;
     k->dot_f16 = dot_f16;
     k->axpy_f16 = axpy_f16;
+    k->attn_f32 = attn_f32;
+    k->attn_f16 = attn_f16;
+    k->attn_lanes = 1;
+    k->attn_dec_f32 = attn_f32;
+    k->attn_dec_f16 = attn_f16;
 }
 
 const pq_kernels *pq_kernels_scalar(void) {

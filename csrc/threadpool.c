@@ -14,7 +14,8 @@
  * Measured on the 2-core build machine under a load average of ~8
  * (SmolLM2-135M Q4_1 decode, 2 threads, 3 runs each): spin + sched_yield
  * every 1024 pauses 15-18 tok/s; futex after 1024 pauses 14-15; after 256
- * pauses 21-23; pure spinning 2 tok/s.
+ * pauses 21-23; pure spinning 2 tok/s. On an idle machine a longer spin wins
+ * (see pq_pool_barrier), hence the adaptive budget.
  */
 #define _GNU_SOURCE
 #include "threadpool.h"
@@ -25,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pq.h"
@@ -45,6 +47,10 @@ static void futex_wait(atomic_uint *addr, unsigned val) { (void)addr; (void)val;
 static void futex_wake_all(atomic_uint *addr) { (void)addr; }
 #endif
 
+#ifndef DEFAULT_BARRIER_SPIN_US
+#define DEFAULT_BARRIER_SPIN_US 50
+#endif
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 static inline void cpu_relax(void) { _mm_pause(); }
@@ -56,9 +62,36 @@ static inline void cpu_relax(void) {}
 
 enum {
     SPINS_BEFORE_YIELD = 1 << 10, /* pause-loops before sched_yield in waits */
-    BARRIER_SPINS = 1 << 8,        /* ~5-10 us of pauses before a barrier sleeps */
-    IDLE_SPINS = 1 << 14          /* polls after a job before sleeping */
+    IDLE_SPINS = 1 << 14,         /* polls after a job before sleeping */
+    CLOCK_EVERY = 16,             /* pauses between clock reads in a barrier wait */
+    MIN_SPIN_NS = 1000            /* the adaptive barrier spin never drops below */
 };
+
+/* The most a barrier waiter spins before it sleeps on the futex, in ns
+ * (PQ_BARRIER_SPIN_US overrides, for tuning). A time, not a pause count:
+ * one pause costs ~10 cycles on some CPUs and ~140 on others. The budget
+ * actually used adapts below this (see pq_pool_barrier). */
+static long barrier_spin_max_ns(void) {
+    static atomic_long cached = -1;
+    long v = atomic_load(&cached);
+    if (v < 0) {
+        v = DEFAULT_BARRIER_SPIN_US * 1000L;
+        const char *env = getenv("PQ_BARRIER_SPIN_US");
+        if (env && *env) {
+            char *end;
+            long us = strtol(env, &end, 10);
+            if (*end == 0 && us >= 0 && us <= 1000000) v = us * 1000L;
+        }
+        atomic_store(&cached, v);
+    }
+    return v;
+}
+
+static long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
 
 typedef struct {
     pq_pool *pool;
@@ -87,6 +120,7 @@ struct pq_pool {
     atomic_int bar_count;
     atomic_uint bar_gen;
     atomic_int bar_sleepers;     /* waiters asleep on the bar_gen futex */
+    atomic_long spin_ns;         /* current spin budget of a barrier wait */
 };
 
 void pq_pool_barrier(pq_pool *p) {
@@ -100,19 +134,36 @@ void pq_pool_barrier(pq_pool *p) {
         if (atomic_load(&p->bar_sleepers) > 0) futex_wake_all(&p->bar_gen);
         return;
     }
-    /* Spin briefly (the usual case: the others are a few microseconds
-     * behind), then sleep. Sleepers are counted before re-checking the
-     * generation, both seq_cst, so the last arrival either sees a sleeper
-     * and wakes it or the sleeper sees the new generation. */
+    /* Spin (the usual case: the others are a few microseconds behind), then
+     * sleep. Sleepers are counted before re-checking the generation, both
+     * seq_cst, so the last arrival either sees a sleeper and wakes it or the
+     * sleeper sees the new generation.
+     * The spin budget adapts: a wait that ends while spinning grows it
+     * (towards barrier_spin_max_ns), a wait that runs out halves it. On an
+     * idle machine waits end within the budget and spinning avoids a futex
+     * wake-up (~10-50 us) per barrier; on an oversubscribed one the worker
+     * being waited for may not be running at all, and spinning only delays
+     * it, so the budget shrinks. Measured SmolLM2-135M Q4_0 decode, 2 threads,
+     * C loop: idle machine, fixed 8 us 4.9-5.3 ms/token, fixed 30 us 4.4-4.5;
+     * with two busy processes on the 2 cores, fixed 8 us 8.2-9.6, fixed 30 us
+     * 11.4-11.6. */
+    long budget = atomic_load_explicit(&p->spin_ns, memory_order_relaxed), deadline = 0;
     for (unsigned spins = 0; atomic_load_explicit(&p->bar_gen, memory_order_acquire) == gen;) {
         cpu_relax();
-        if (++spins >= BARRIER_SPINS) {
+        if (++spins % CLOCK_EVERY) continue;
+        long t = now_ns();
+        if (!deadline) deadline = t + budget;
+        if (t >= deadline) {
+            long shrunk = budget / 2 > MIN_SPIN_NS ? budget / 2 : MIN_SPIN_NS;
+            atomic_store_explicit(&p->spin_ns, shrunk, memory_order_relaxed);
             atomic_fetch_add(&p->bar_sleepers, 1);
             while (atomic_load(&p->bar_gen) == gen) futex_wait(&p->bar_gen, gen);
             atomic_fetch_sub(&p->bar_sleepers, 1);
-            break;
+            return;
         }
     }
+    long max = barrier_spin_max_ns(), grown = budget + budget / 8 + 200;
+    if (budget < max) atomic_store_explicit(&p->spin_ns, grown < max ? grown : max, memory_order_relaxed);
 }
 
 static void *worker_main(void *varg) {
@@ -195,6 +246,7 @@ int pq_pool_init(pq_pool **out, int n_threads) {
     }
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
+    atomic_init(&p->spin_ns, barrier_spin_max_ns());
     for (int i = 1; i < n_threads; i++) {
         p->workers[i].pool = p;
         p->workers[i].ith = i;

@@ -336,3 +336,145 @@ def test_extreme_block_bytes(variant, name):
         # m*s terms are not all inside |Wd| @ |Xd| (d*q + m may cancel): allow them
         atol = atol + 2.0**-10 * (np.abs(Xd) @ np.abs(Wd).T)
     assert_close(got, want.astype(np.float64), atol, f"{variant} {name} extreme bytes")
+
+
+# ---- blocked causal attention (pq_attn_fn) ------------------------------------------
+
+# (head_dim, g query heads per kv head, n_tok, n_past): SmolLM2/TinyLlama/7B
+# shapes, head_dims that are no multiple of 4/8/16, lane counts around the
+# SIMD widths (4, 8, 16), key counts around the 64-row conversion chunk.
+ATTN_SHAPES = [(64, 3, 16, 0), (64, 3, 7, 61), (64, 4, 5, 130), (128, 1, 33, 7),
+               (64, 8, 3, 64), (20, 2, 9, 3), (7, 5, 3, 0), (1, 1, 1, 0), (36, 3, 17, 40),
+               (64, 1, 1, 200), (64, 4, 20, 10), (16, 8, 9, 5)]
+# The decode kernels: one token, head sizes with and without a fast path,
+# groups of 1..9 heads (cut into register tiles of 2 or 4), 1..300 keys.
+ATTN_DECODE_SHAPES = [(64, 1, 1, 0), (64, 3, 1, 299), (64, 8, 1, 37), (64, 9, 1, 16),
+                      (128, 1, 1, 130), (128, 3, 1, 5), (72, 2, 1, 70), (100, 5, 1, 9)]
+
+
+def attn_case(kv_type, hd, g, n_tok, n_past, seed):
+    """Q, O with padded rows, a K/V cache of 2 kv heads with padded rows (the
+    case reads head 1), and the float64 reference with its error bound."""
+    rng = np.random.default_rng(seed)
+    n_keys, q_ld, kv_ld = n_past + n_tok, g * hd + 3, 2 * hd + 5
+    Q = (rng.standard_normal((n_tok, q_ld)) * 1.5).astype(np.float32)
+    cdt = np.float32 if kv_type == lib.PQ_TYPE_F32 else np.float16
+    Kc = rng.standard_normal((n_keys, kv_ld)).astype(cdt)
+    Vc = rng.standard_normal((n_keys, kv_ld)).astype(cdt)
+    Kc[:, hd:2 * hd] += (rng.standard_normal(hd) * 2).astype(cdt)  # peaky softmax rows
+    scale = np.float32(1.0 / np.sqrt(hd))
+    k = Kc[:, hd:2 * hd].astype(np.float64)
+    v = Vc[:, hd:2 * hd].astype(np.float64)
+    ref = np.full((n_tok, g, hd), np.nan)
+    atol = np.zeros((n_tok, g, hd))
+    for t in range(n_tok):
+        for i in range(g):
+            q = Q[t, i * hd:(i + 1) * hd].astype(np.float64)
+            kk, vv = k[:n_past + t + 1], v[:n_past + t + 1]
+            s = float(scale) * (kk @ q)
+            w = np.exp(s - s.max())
+            w /= w.sum()
+            ref[t, i] = w @ vv
+            # score error per key <= gamma_hd * scale * |q|.|k| (+1 ulp for the
+            # scale); a weight's relative error <= 4x the largest of them (its
+            # exponent and the normalizer's) plus exp, sum and division
+            # roundings, all bounded by the key count.
+            e = ((hd + 4) * 2.0**-23 * float(scale) * (np.abs(kk) @ np.abs(q)) + 2.0**-23 * np.abs(s)).max()
+            rel = 4 * e + (2 * len(kk) + 16) * 2.0**-23
+            atol[t, i] = 2 * rel * (w @ np.abs(vv)) + 1e-30
+    return Q, Kc, Vc, q_ld, kv_ld, scale, ref, atol
+
+
+def run_attn(variant, kv_type, hd, g, n_tok, n_past, Q, Kc, Vc, q_ld, kv_ld, scale, decode=0):
+    o_ld = g * hd + 2
+    O = np.full((n_tok, o_ld), np.nan, dtype=np.float32)
+    kp = ffi.cast("char *", Kc.ctypes.data) + hd * Kc.itemsize  # kv head 1
+    vp = ffi.cast("char *", Vc.ctypes.data) + hd * Vc.itemsize
+    st = lib.pq_kernel_attn(variant.encode(), decode, kv_type, hd, _ptr(Q, "float *"), q_ld, g, n_tok,
+                            n_past, kp, vp, kv_ld, scale, _ptr(O, "float *"), o_ld)
+    assert st == lib.PQ_OK
+    assert np.isnan(O[:, g * hd:]).all(), "wrote past the last head of a row"
+    return O[:, :g * hd].reshape(n_tok, g, hd)
+
+
+def has_attn(variant, decode):
+    z = ffi.new("float[1]")
+    st = lib.pq_kernel_attn(variant.encode(), decode, lib.PQ_TYPE_F32, 1, z, 1, 1, 1, 0, z, z, 1, 1.0, z, 1)
+    return st == lib.PQ_OK
+
+
+@pytest.mark.parametrize("variant", ["scalar"] + SIMD)
+@pytest.mark.parametrize("kv", ["F32", "F16"])
+@pytest.mark.parametrize("decode", [0, 1], ids=["blocked", "decode"])
+def test_attn_against_float64(variant, kv, decode):
+    if variant not in AVAILABLE:
+        pytest.skip(f"{variant} not available here")
+    if not has_attn(variant, decode):
+        pytest.skip(f"{variant} has no decode attention kernel (the forward pass uses dot/axpy)")
+    kv_type = WTYPES[kv]
+    shapes = ATTN_SHAPES + (ATTN_DECODE_SHAPES if decode else [])
+    for i, (hd, g, n_tok, n_past) in enumerate(shapes):
+        Q, Kc, Vc, q_ld, kv_ld, scale, ref, atol = attn_case(kv_type, hd, g, n_tok, n_past, seed=200 + i)
+        got = run_attn(variant, kv_type, hd, g, n_tok, n_past, Q, Kc, Vc, q_ld, kv_ld, scale, decode)
+        what = f"{variant} attn {'decode' if decode else 'blocked'} {kv} hd={hd} g={g} n_tok={n_tok} n_past={n_past}"
+        assert_close(got, ref, atol, what)
+        if variant != "scalar":
+            want = run_attn("scalar", kv_type, hd, g, n_tok, n_past, Q, Kc, Vc, q_ld, kv_ld, scale)
+            assert_close(got, want.astype(np.float64), 2 * atol, what + " vs scalar")
+
+
+@pytest.mark.parametrize("variant", SIMD)
+def test_attn_decode_rows_independent_of_grouping(variant):
+    """The forward pass cuts a kv head's query heads into pieces by the
+    thread count; a head's output must not depend on the piece it is in."""
+    if variant not in AVAILABLE or not has_attn(variant, 1):
+        pytest.skip(f"{variant}: no decode attention kernel here")
+    for hd in (64, 128, 72):
+        Q, Kc, Vc, q_ld, kv_ld, scale, _, _ = attn_case(lib.PQ_TYPE_F16, hd, 8, 1, 100, seed=5)
+        whole = run_attn(variant, lib.PQ_TYPE_F16, hd, 8, 1, 100, Q, Kc, Vc, q_ld, kv_ld, scale, 1)
+        for i0, gn in ((0, 1), (1, 3), (4, 4), (7, 1)):
+            Qp = np.ascontiguousarray(Q[:, i0 * hd:(i0 + gn) * hd])
+            part = run_attn(variant, lib.PQ_TYPE_F16, hd, gn, 1, 100, Qp, Kc, Vc, gn * hd, kv_ld, scale, 1)
+            assert np.array_equal(part, whole[:, i0:i0 + gn]), (variant, hd, i0, gn)
+
+
+def test_attn_bad_arguments():
+    q = ffi.new("float[64]")
+    kv = ffi.new("float[64]")
+    o = ffi.new("float[64]")
+    assert lib.pq_kernel_attn(b"scalar", 0, lib.PQ_TYPE_Q8_0, 8, q, 8, 1, 1, 0, kv, kv, 8, 1.0, o, 8) == lib.PQ_ERR_TYPE
+    assert lib.pq_kernel_attn(b"scalar", 0, lib.PQ_TYPE_F32, 8, q, 7, 1, 1, 0, kv, kv, 8, 1.0, o, 8) == lib.PQ_ERR_ARG
+    assert lib.pq_kernel_attn(b"bogus", 0, lib.PQ_TYPE_F32, 8, q, 8, 1, 1, 0, kv, kv, 8, 1.0, o, 8) == lib.PQ_ERR_UNSUPPORTED
+
+
+@pytest.mark.parametrize("variant", ["scalar"] + SIMD)
+@pytest.mark.parametrize("kv", ["F32", "F16"])
+@pytest.mark.parametrize("decode", [0, 1], ids=["blocked", "decode"])
+def test_attn_softmax_exp_accuracy(variant, kv, decode):
+    """Exact scores isolate the exponential: two keys k0 = (0, 0), k1 = (1, 0),
+    values v0 = (1, 0), v1 = (0, 1), scale 1, so a query (x, 0) with x <= 0
+    gets o = (1, e^x) / (1 + e^x). o[1] is then within exp's error plus two
+    roundings (sum, division) of the exact value: 4 ulp. One call, 200 heads
+    of one token, x from -87 to 0 (and below, where the result may be 0)."""
+    if variant not in AVAILABLE or not has_attn(variant, decode):
+        pytest.skip(f"{variant}: kernel not available here")
+    cdt = np.float32 if kv == "F32" else np.float16
+    x = np.concatenate([-np.geomspace(1e-6, 87.0, 170), np.linspace(-0.35, 0.0, 20),
+                        [-88.0, -90.0, -100.0, -103.0, -104.0, -120.0, -1e4, -3e38, -0.5, -1.0]])
+    x = x.astype(np.float32)
+    g, hd = len(x), 2
+    Q = np.zeros((1, g * hd), dtype=np.float32)
+    Q[0, 0::2] = x
+    Kc = np.array([[0, 0], [1, 0]], dtype=cdt)
+    Vc = np.array([[1, 0], [0, 1]], dtype=cdt)
+    O = np.full((1, g * hd), np.nan, dtype=np.float32)
+    st = lib.pq_kernel_attn(variant.encode(), decode, WTYPES[kv], hd, _ptr(Q, "float *"), g * hd, g, 1, 1,
+                            _ptr(Kc, "void *"), _ptr(Vc, "void *"), hd, 1.0, _ptr(O, "float *"), g * hd)
+    assert st == lib.PQ_OK
+    e = np.exp(x.astype(np.float64))
+    ref1, ref0 = e / (1 + e), 1 / (1 + e)
+    got0, got1 = O[0, 0::2].astype(np.float64), O[0, 1::2].astype(np.float64)
+    tol1 = 4 * 2.0**-24 * ref1 + 1.2e-38  # below -87.3, 0 is allowed where expf is subnormal
+    bad = np.abs(got1 - ref1) > tol1
+    assert not bad.any(), (variant, kv, x[bad][:5], got1[bad][:5], ref1[bad][:5])
+    assert (np.abs(got0 - ref0) <= 4 * 2.0**-24 * ref0).all(), (variant, kv)
