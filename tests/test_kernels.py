@@ -164,6 +164,22 @@ def test_row_range_writes_only_its_rows(variant, name, n_tok):
         assert_close(Y[:, r0:r1], ref[:, r0:r1], atol[:, r0:r1], f"{variant} {name} rows [{r0},{r1})")
 
 
+@pytest.mark.parametrize("variant", ["scalar"] + SIMD)
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q8_0", "F16"])
+def test_decode_row_range_of_long_rows(variant, name):
+    """n_tok = 1 on rows longer than one 8192-column pass of the x86 Q4 decode
+    kernels (the second pass adds into Y) and on row ranges that start and
+    end inside a row tile."""
+    if variant not in AVAILABLE:
+        pytest.skip(f"{variant} not available here")
+    rows, cols = 21, 8192 + 32 * 7
+    W, X, ref, atol = make_case(name, rows, cols, 1, seed=11)
+    for r0, r1 in [(0, 21), (3, 14), (5, 6), (9, 21)]:
+        Y = matmul(variant, WTYPES[name], W, rows, cols, X, r0, r1)
+        assert np.isnan(Y[:, :r0]).all() and np.isnan(Y[:, r1:]).all(), (r0, r1)
+        assert_close(Y[:, r0:r1], ref[:, r0:r1], atol[:, r0:r1], f"{variant} {name} rows [{r0},{r1})")
+
+
 def guarded_copy(a):
     """A copy of the uint8 array a that ends exactly at an inaccessible page,
     so a kernel that reads one byte past it crashes (the test process)."""
