@@ -1,0 +1,274 @@
+/* x86_avx512_prefill.c: the prompt-batch (many tokens) quantized GEMM of the
+ * "avx512" and "avx512vnni" tables, for Q4_0, Q4_1 and Q8_0 weights.
+ *
+ * What it is: a GEMM that keeps 16 weight rows in the 16 int32 lanes of one
+ * register, so the dot products of one block with 16 rows come out of 8
+ * vpdpbusd (each against 4 activation bytes broadcast to every lane) with no
+ * horizontal sum, and one convert + one fma per (token, block) scale them.
+ * The stored weights are not changed or copied as a whole (they stay
+ * memory-mapped): each tile of 16 rows x KB blocks is interleaved on the fly
+ * into a small buffer that stays in L1 while every token of the batch meets
+ * it, so the shuffle is paid once per tile and used n_tok times.
+ * What it is not: the decode path, or a whole gemm. x86_avx512.c's gemm_q
+ * calls pq_prefill_avx512() for n_tok >= PQ_PREFILL_MIN_TOK; it returns the
+ * first row it did not do (whole tiles of 16 rows from r0; r0 itself if it
+ * declines: AVX-512BW without VNNI for Q8_0, or no memory for its buffers)
+ * and gemm_q finishes the rest with its own tiles.
+ *
+ * Interleaved tile, per block (576 bytes; Q4_1 640):
+ *   g[k] (k = 0..7, 64 bytes): byte 4r+i = element 4k+i of row r, as u8
+ *        (Q4: the nibble 0..15; Q8_0: w ^ 0x80 = w + 128)
+ *   d[16] f32 row scales, then (Q4_1) m[16] f32 row minima.
+ * Offsets are undone exactly in int32: dot(q - 8, x) = dot(q, x) - 8*sum(x)
+ * (Q4_0) and dot(w + 128, x) - 128*sum(x) (Q8_0); sum(x) per (token, block)
+ * is computed once per call into a side buffer, with the f32 activation scale
+ * (and Q8_1's s = d*sum(q) for Q4_1's m*s term).
+ * Overflow: vpdpbusd accumulates in int32 (|dot| < 2^21). The AVX-512BW form
+ * adds the eight int16 maddubs results of a block before widening: for Q4
+ * each int16 lane is a sum of 16 products |q*x| <= 15*128, at most 30720.
+ */
+#include "kernels.h"
+
+#if defined(__x86_64__)
+
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quants.h"
+#include "x86_common.h"
+
+/* Same target as x86_avx512.c: VNNI stays inline asm, so the plain avx512
+ * table can never execute it. */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), apply_to = function)
+#pragma STDC FP_CONTRACT OFF
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#define AI static inline __attribute__((always_inline))
+
+enum { K_Q4_0, K_Q4_1, K_Q8_0 };
+
+enum {
+    RT = 16, /* rows per tile: one per int32 lane */
+    KB = 32, /* blocks per interleaved chunk: 18-20 KiB, stays in L1 */
+    TT = 8,  /* tokens per register tile (8 f32 accumulators) */
+};
+
+/* Per (token, block): the activation scale, and the int32 start of the dot
+ * (the offset correction) or, for Q8_1, s = d * sum(q) as f32. */
+typedef struct {
+    float d;
+    union {
+        int32_t c;
+        float s;
+    } u;
+} xside;
+
+AI size_t w_block_bytes(const int kind) { return kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : 34; }
+AI size_t x_block_bytes(const int kind) { return kind == K_Q4_1 ? 36 : 34; }
+AI size_t x_qs_offset(const int kind) { return kind == K_Q4_1 ? 4 : 2; }
+AI size_t tile_block_bytes(const int kind) { return kind == K_Q4_1 ? 640 : 576; }
+
+/* Sum of 32 int8: bias to u8 so sad_epu8 can add them, then remove the bias. */
+AI int32_t sum_i8x32(const char *q) {
+    const __m256i u = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)q), _mm256_set1_epi8((char)0x80));
+    const __m256i s = _mm256_sad_epu8(u, _mm256_setzero_si256()); /* 4 x u64 */
+    __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    s2 = _mm_add_epi64(s2, _mm_unpackhi_epi64(s2, s2));
+    return _mm_cvtsi128_si32(s2) - 32 * 128;
+}
+
+/* side[t*nb + b] for tokens [0, tn) of X, all nb blocks. */
+AI void make_side(const int kind, int64_t nb, const char *X, size_t xs, int64_t tn, xside *side) {
+    const size_t xbs = x_block_bytes(kind);
+    const int32_t c = kind == K_Q4_0 ? -8 : -128;
+    for (int64_t t = 0; t < tn; t++)
+        for (int64_t b = 0; b < nb; b++) {
+            const char *xb = X + t * xs + b * xbs;
+            uint16_t h;
+            memcpy(&h, xb, 2);
+            xside *s = side + t * nb + b;
+            s->d = _cvtsh_ss(h);
+            if (kind == K_Q4_1) {
+                memcpy(&h, xb + 2, 2);
+                s->u.s = _cvtsh_ss(h);
+            } else {
+                s->u.c = c * sum_i8x32(xb + 2);
+            }
+        }
+}
+
+/* 4 rows' 16 bytes at p + i*ws -> one register, row i in 128-bit lane i. */
+AI __m512i load_4x16(const char *p, size_t ws) {
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + ws)), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + 2 * ws)), 2);
+    return _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p + 3 * ws)), 3);
+}
+
+/* 16 rows' 16 bytes at p + r*ws -> out[j] holding dword j of row r in lane r:
+ * a 4x4 dword transpose inside each register, then a 4x4 transpose of
+ * 128-bit lanes across the four. */
+AI void transpose_16x4(const char *p, size_t ws, __m512i out[4]) {
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    __m512i v[4];
+    for (int q = 0; q < 4; q++) v[q] = _mm512_permutexvar_epi32(idx, load_4x16(p + 4 * q * ws, ws));
+    /* v[q] lane j: dword j of rows 4q..4q+3 */
+    const __m512i a = _mm512_shuffle_i32x4(v[0], v[1], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i b = _mm512_shuffle_i32x4(v[0], v[1], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512i c = _mm512_shuffle_i32x4(v[2], v[3], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i d = _mm512_shuffle_i32x4(v[2], v[3], _MM_SHUFFLE(3, 2, 3, 2));
+    out[0] = _mm512_shuffle_i32x4(a, c, _MM_SHUFFLE(2, 0, 2, 0));
+    out[1] = _mm512_shuffle_i32x4(a, c, _MM_SHUFFLE(3, 1, 3, 1));
+    out[2] = _mm512_shuffle_i32x4(b, d, _MM_SHUFFLE(2, 0, 2, 0));
+    out[3] = _mm512_shuffle_i32x4(b, d, _MM_SHUFFLE(3, 1, 3, 1));
+}
+
+/* Interleave kb blocks of 16 rows (w: row 0 at the chunk's first block) into
+ * buf, in the layout above. rowoff[r] = r * ws (for the scale gather). */
+AI void pack_tile(const int kind, const int vnni, const char *w, size_t ws, int64_t kb,
+                  __m512i rowoff, char *buf) {
+    const size_t wbs = w_block_bytes(kind), pb = tile_block_bytes(kind);
+    const __m512i lo4 = _mm512_set1_epi8(0x0f);
+    for (int64_t b = 0; b < kb; b++) {
+        const char *wb = w + b * wbs;
+        __m512i *g = (__m512i *)(buf + b * pb);
+        __m512i t[4];
+        if (kind == K_Q8_0) {
+            transpose_16x4(wb + 2, ws, t); /* elements 0..15 */
+            for (int j = 0; j < 4; j++)
+                g[j] = vnni ? _mm512_xor_si512(t[j], _mm512_set1_epi8((char)0x80)) : t[j];
+            transpose_16x4(wb + 18, ws, t); /* elements 16..31 */
+            for (int j = 0; j < 4; j++)
+                g[4 + j] = vnni ? _mm512_xor_si512(t[j], _mm512_set1_epi8((char)0x80)) : t[j];
+        } else {
+            /* byte i of qs holds element i (low nibble) and i+16 (high) */
+            transpose_16x4(wb + (kind == K_Q4_1 ? 4 : 2), ws, t);
+            for (int j = 0; j < 4; j++) {
+                g[j] = _mm512_and_si512(t[j], lo4);
+                g[4 + j] = _mm512_and_si512(_mm512_srli_epi16(t[j], 4), lo4);
+            }
+        }
+        /* the first 4 bytes of each row's block: d (and Q4_1's m) as fp16 */
+        const __m512i dm = _mm512_i32gather_epi32(rowoff, wb, 1);
+        _mm512_store_ps((float *)(buf + b * pb + 512), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)));
+        if (kind == K_Q4_1)
+            _mm512_store_ps((float *)(buf + b * pb + 576), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
+    }
+}
+
+/* int32 lanes r: acc + sum over k of dot(g[k] lane r, the 4 bytes x[4k..4k+3]).
+ * VNNI: 8 vpdpbusd with the 4 activation bytes broadcast from memory.
+ * BW (Q4 only): 8 maddubs summed in int16 (see the overflow note), one madd. */
+AI __m512i block_dot(const int vnni, __m512i acc, const __m512i g[8], const char *x) {
+    if (vnni) {
+        for (int k = 0; k < 8; k++)
+            __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(g[k]), "m"(*(const int32_t *)(x + 4 * k)));
+        return acc;
+    }
+    __m512i p[8];
+    for (int k = 0; k < 8; k++) {
+        int32_t v;
+        memcpy(&v, x + 4 * k, 4);
+        p[k] = _mm512_maddubs_epi16(g[k], _mm512_set1_epi32(v));
+    }
+    const __m512i s = _mm512_add_epi16(_mm512_add_epi16(_mm512_add_epi16(p[0], p[1]), _mm512_add_epi16(p[2], p[3])),
+                                       _mm512_add_epi16(_mm512_add_epi16(p[4], p[5]), _mm512_add_epi16(p[6], p[7])));
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(s, _mm512_set1_epi16(1)));
+}
+
+/* Y[j*ldy + 0..15] (+)= the chunk's dot products of the tile's 16 rows with T
+ * tokens; x: token 0's activation block at the chunk start, side likewise
+ * (tokens snb entries apart). first: the chunk starts the row, so store. */
+AI void tile_tokens(const int kind, const int vnni, const int T, int64_t kb, const char *buf,
+                    const char *x, size_t xs, const xside *side, int64_t snb, float *y,
+                    int64_t ldy, int first) {
+    const size_t xbs = x_block_bytes(kind), xo = x_qs_offset(kind), pb = tile_block_bytes(kind);
+    __m512 acc[TT];
+    for (int j = 0; j < T; j++) acc[j] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(y + j * ldy);
+    for (int64_t b = 0; b < kb; b++) {
+        const char *tb = buf + b * pb;
+        __m512i g[8];
+        for (int k = 0; k < 8; k++) g[k] = _mm512_load_si512((const void *)(tb + 64 * k));
+        const __m512 wd = _mm512_load_ps((const float *)(tb + 512));
+        for (int j = 0; j < T; j++) {
+            const xside *s = side + j * snb + b;
+            const __m512i c0 = kind == K_Q4_1 ? _mm512_setzero_si512() : _mm512_set1_epi32(s->u.c);
+            const __m512i dot = block_dot(vnni, c0, g, x + j * xs + b * xbs + xo);
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(wd, _mm512_set1_ps(s->d)), acc[j]);
+            if (kind == K_Q4_1)
+                acc[j] = _mm512_fmadd_ps(_mm512_load_ps((const float *)(tb + 576)), _mm512_set1_ps(s->u.s), acc[j]);
+        }
+    }
+    for (int j = 0; j < T; j++) _mm512_storeu_ps(y + j * ldy, acc[j]);
+}
+
+AI void tile_tokens_n(const int kind, const int vnni, int T, int64_t kb, const char *buf,
+                      const char *x, size_t xs, const xside *side, int64_t snb, float *y,
+                      int64_t ldy, int first) {
+#define CASE(n) case n: tile_tokens(kind, vnni, n, kb, buf, x, xs, side, snb, y, ldy, first); break
+    switch (T) {
+        CASE(1); CASE(2); CASE(3); CASE(4); CASE(5); CASE(6); CASE(7);
+    default: tile_tokens(kind, vnni, TT, kb, buf, x, xs, side, snb, y, ldy, first); break;
+    }
+#undef CASE
+}
+
+AI int64_t gemm_tiles(const int kind, const int vnni, int64_t cols, const char *W, size_t ws,
+                      const char *X, size_t xs, int64_t n_tok, float *Y, int64_t ldy,
+                      int64_t r0, int64_t r1) {
+    const int64_t nb = cols / 32, ntiles = (r1 - r0) / RT;
+    const size_t wbs = w_block_bytes(kind), xbs = x_block_bytes(kind), pb = tile_block_bytes(kind);
+    if (ntiles == 0 || nb == 0 || ws > (size_t)INT32_MAX / RT) return r0;
+    const size_t tile_bytes = (size_t)KB * pb;
+    const size_t side_bytes = ((size_t)n_tok * nb * sizeof(xside) + 63) & ~(size_t)63;
+    char *mem = aligned_alloc(64, tile_bytes + side_bytes);
+    if (!mem) return r0; /* the caller's own tiles do the rows */
+    char *buf = mem;
+    xside *side = (xside *)(mem + tile_bytes);
+    make_side(kind, nb, X, xs, n_tok, side);
+    const __m512i rowoff = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                              _mm512_set1_epi32((int)ws));
+    for (int64_t i = 0; i < ntiles; i++) {
+        const int64_t r = r0 + i * RT;
+        for (int64_t b0 = 0; b0 < nb; b0 += KB) {
+            const int64_t kb = nb - b0 < KB ? nb - b0 : KB;
+            pack_tile(kind, vnni, W + r * ws + b0 * wbs, ws, kb, rowoff, buf);
+            for (int64_t t = 0; t < n_tok; t += TT)
+                tile_tokens_n(kind, vnni, (int)(n_tok - t < TT ? n_tok - t : TT), kb, buf,
+                              X + t * xs + b0 * xbs, xs, side + t * nb + b0, nb, Y + t * ldy + r, ldy,
+                              b0 == 0);
+        }
+    }
+    free(mem);
+    return r0 + ntiles * RT;
+}
+
+int64_t pq_prefill_avx512(int wtype, int vnni, int64_t cols, const void *W, size_t ws,
+                          const void *X, size_t xs, int64_t n_tok, float *Y, int64_t ldy,
+                          int64_t r0, int64_t r1) {
+    const char *w = W, *x = X;
+    if (n_tok < PQ_PREFILL_MIN_TOK) return r0;
+    if (wtype == PQ_TYPE_Q4_0)
+        return vnni ? gemm_tiles(K_Q4_0, 1, cols, w, ws, x, xs, n_tok, Y, ldy, r0, r1)
+                    : gemm_tiles(K_Q4_0, 0, cols, w, ws, x, xs, n_tok, Y, ldy, r0, r1);
+    if (wtype == PQ_TYPE_Q4_1)
+        return vnni ? gemm_tiles(K_Q4_1, 1, cols, w, ws, x, xs, n_tok, Y, ldy, r0, r1)
+                    : gemm_tiles(K_Q4_1, 0, cols, w, ws, x, xs, n_tok, Y, ldy, r0, r1);
+    if (wtype == PQ_TYPE_Q8_0 && vnni) /* BW: maddubs would saturate on w + 128 */
+        return gemm_tiles(K_Q8_0, 1, cols, w, ws, x, xs, n_tok, Y, ldy, r0, r1);
+    return r0;
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#endif /* __x86_64__ */
