@@ -21,8 +21,11 @@
  *   d[16] f32 row scales, then (Q4_1) m[16] f32 row minima.
  * Offsets are undone exactly in int32: dot(q - 8, x) = dot(q, x) - 8*sum(x)
  * (Q4_0) and dot(w + 128, x) - 128*sum(x) (Q8_0); sum(x) per (token, block)
- * is computed once per call into a side buffer, with the f32 activation scale
- * (and Q8_1's s = d*sum(q) for Q4_1's m*s term).
+ * is computed once per call, when the activations are copied into groups of
+ * TT tokens (pack_x), with the f32 scales (and Q8_1's s = d*sum(q) for Q4_1's
+ * m*s term), so the inner loop addresses everything from two pointers.
+ * Measured bound (Zen 4): per (token, block) 8 vpdpbusd + mul + fma share the
+ * two 512-bit-capable FP pipes, about 10 cycles for 16 rows x 32 MACs.
  * Overflow: vpdpbusd accumulates in int32 (|dot| < 2^21). The AVX-512BW form
  * adds the eight int16 maddubs results of a block before widening: for Q4
  * each int16 lane is a sum of 16 products |q*x| <= 15*128, at most 30720.
@@ -53,54 +56,67 @@
 
 enum { K_Q4_0, K_Q4_1, K_Q8_0 };
 
+/* Tile sizes (measured, see pq_prefill_avx512; -D overrides for experiments). */
+#ifndef PQ_PF_KB
+#define PQ_PF_KB 32
+#endif
+#ifndef PQ_PF_TT
+#define PQ_PF_TT 8
+#endif
 enum {
-    RT = 16, /* rows per tile: one per int32 lane */
-    KB = 32, /* blocks per interleaved chunk: 18-20 KiB, stays in L1 */
-    TT = 8,  /* tokens per register tile (8 f32 accumulators) */
+    RT = 16,       /* rows per tile: one per int32 lane */
+    KB = PQ_PF_KB, /* blocks per interleaved chunk: KB * 576 bytes, in L1 */
+    TT = PQ_PF_TT, /* tokens per register tile (TT f32 accumulators), <= 16 */
 };
-
-/* Per (token, block): the activation scale, and the int32 start of the dot
- * (the offset correction) or, for Q8_1, s = d * sum(q) as f32. */
-typedef struct {
-    float d;
-    union {
-        int32_t c;
-        float s;
-    } u;
-} xside;
 
 AI size_t w_block_bytes(const int kind) { return kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : 34; }
 AI size_t x_block_bytes(const int kind) { return kind == K_Q4_1 ? 36 : 34; }
 AI size_t x_qs_offset(const int kind) { return kind == K_Q4_1 ? 4 : 2; }
 AI size_t tile_block_bytes(const int kind) { return kind == K_Q4_1 ? 640 : 576; }
 
+/* Activations of a group of TT tokens, block-major, so that the kernel reads
+ * every operand of a block at fixed offsets from one pointer (TT*40 bytes):
+ *   qs[TT][32]  int8 quants of token j
+ *   d[TT]       f32 scales
+ *   c[TT]       int32 start of the dot (offset correction), or for Q8_1 the
+ *               f32 s = d * sum(q) (Q4_1's m*s term). */
+AI size_t xpack_block_bytes(void) { return (size_t)TT * 40; }
+
 /* Sum of 32 int8: bias to u8 so sad_epu8 can add them, then remove the bias. */
-AI int32_t sum_i8x32(const char *q) {
-    const __m256i u = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)q), _mm256_set1_epi8((char)0x80));
+AI int32_t sum_i8x32(__m256i q) {
+    const __m256i u = _mm256_xor_si256(q, _mm256_set1_epi8((char)0x80));
     const __m256i s = _mm256_sad_epu8(u, _mm256_setzero_si256()); /* 4 x u64 */
     __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
     s2 = _mm_add_epi64(s2, _mm_unpackhi_epi64(s2, s2));
     return _mm_cvtsi128_si32(s2) - 32 * 128;
 }
 
-/* side[t*nb + b] for tokens [0, tn) of X, all nb blocks. */
-AI void make_side(const int kind, int64_t nb, const char *X, size_t xs, int64_t tn, xside *side) {
-    const size_t xbs = x_block_bytes(kind);
+/* Tokens [0, tn) of X (all nb blocks) into groups of TT at out; the last
+ * group may be partial (its missing tokens are never read). */
+AI void pack_x(const int kind, int64_t nb, const char *X, size_t xs, int64_t tn, char *out) {
+    const size_t xbs = x_block_bytes(kind), xo = x_qs_offset(kind), pbx = xpack_block_bytes();
     const int32_t c = kind == K_Q4_0 ? -8 : -128;
-    for (int64_t t = 0; t < tn; t++)
-        for (int64_t b = 0; b < nb; b++) {
+    for (int64_t t = 0; t < tn; t++) {
+        const int64_t j = t % TT;
+        char *o = out + (t / TT) * nb * pbx;
+        for (int64_t b = 0; b < nb; b++, o += pbx) {
             const char *xb = X + t * xs + b * xbs;
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(xb + xo));
+            _mm256_store_si256((__m256i *)(o + 32 * j), q);
             uint16_t h;
             memcpy(&h, xb, 2);
-            xside *s = side + t * nb + b;
-            s->d = _cvtsh_ss(h);
+            const float d = _cvtsh_ss(h);
+            memcpy(o + 32 * TT + 4 * j, &d, 4);
             if (kind == K_Q4_1) {
                 memcpy(&h, xb + 2, 2);
-                s->u.s = _cvtsh_ss(h);
+                const float sv = _cvtsh_ss(h);
+                memcpy(o + 36 * TT + 4 * j, &sv, 4);
             } else {
-                s->u.c = c * sum_i8x32(xb + 2);
+                const int32_t cv = c * sum_i8x32(q);
+                memcpy(o + 36 * TT + 4 * j, &cv, 4);
             }
         }
+    }
 }
 
 /* 4 rows' 16 bytes at p + i*ws -> one register, row i in 128-bit lane i. */
@@ -183,55 +199,57 @@ AI __m512i block_dot(const int vnni, __m512i acc, const __m512i g[8], const char
 }
 
 /* Y[j*ldy + 0..15] (+)= the chunk's dot products of the tile's 16 rows with T
- * tokens; x: token 0's activation block at the chunk start, side likewise
- * (tokens snb entries apart). first: the chunk starts the row, so store. */
+ * tokens; xp: the token group's packed activations at the chunk's first
+ * block. first: the chunk starts the row, so store instead of add. */
 AI void tile_tokens(const int kind, const int vnni, const int T, int64_t kb, const char *buf,
-                    const char *x, size_t xs, const xside *side, int64_t snb, float *y,
-                    int64_t ldy, int first) {
-    const size_t xbs = x_block_bytes(kind), xo = x_qs_offset(kind), pb = tile_block_bytes(kind);
-    __m512 acc[TT];
+                    const char *xp, float *y, int64_t ldy, int first) {
+    const size_t pb = tile_block_bytes(kind), pbx = xpack_block_bytes();
+    __m512 acc[16];
     for (int j = 0; j < T; j++) acc[j] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(y + j * ldy);
-    for (int64_t b = 0; b < kb; b++) {
-        const char *tb = buf + b * pb;
+    for (int64_t b = 0; b < kb; b++, buf += pb, xp += pbx) {
         __m512i g[8];
-        for (int k = 0; k < 8; k++) g[k] = _mm512_load_si512((const void *)(tb + 64 * k));
-        const __m512 wd = _mm512_load_ps((const float *)(tb + 512));
+        for (int k = 0; k < 8; k++) g[k] = _mm512_load_si512((const void *)(buf + 64 * k));
+        const __m512 wd = _mm512_load_ps((const float *)(buf + 512));
         for (int j = 0; j < T; j++) {
-            const xside *s = side + j * snb + b;
-            const __m512i c0 = kind == K_Q4_1 ? _mm512_setzero_si512() : _mm512_set1_epi32(s->u.c);
-            const __m512i dot = block_dot(vnni, c0, g, x + j * xs + b * xbs + xo);
-            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(wd, _mm512_set1_ps(s->d)), acc[j]);
+            const char *cj = xp + 36 * TT + 4 * j;
+            int32_t cv;
+            memcpy(&cv, cj, 4);
+            const __m512i c0 = kind == K_Q4_1 ? _mm512_setzero_si512() : _mm512_set1_epi32(cv);
+            const __m512i dot = block_dot(vnni, c0, g, xp + 32 * j);
+            const __m512 dx = _mm512_set1_ps(*(const float *)(xp + 32 * TT + 4 * j));
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(wd, dx), acc[j]);
             if (kind == K_Q4_1)
-                acc[j] = _mm512_fmadd_ps(_mm512_load_ps((const float *)(tb + 576)), _mm512_set1_ps(s->u.s), acc[j]);
+                acc[j] = _mm512_fmadd_ps(_mm512_load_ps((const float *)(buf + 576)),
+                                         _mm512_set1_ps(*(const float *)cj), acc[j]);
         }
     }
     for (int j = 0; j < T; j++) _mm512_storeu_ps(y + j * ldy, acc[j]);
 }
 
 AI void tile_tokens_n(const int kind, const int vnni, int T, int64_t kb, const char *buf,
-                      const char *x, size_t xs, const xside *side, int64_t snb, float *y,
-                      int64_t ldy, int first) {
-#define CASE(n) case n: tile_tokens(kind, vnni, n, kb, buf, x, xs, side, snb, y, ldy, first); break
+                      const char *xp, float *y, int64_t ldy, int first) {
     switch (T) {
-        CASE(1); CASE(2); CASE(3); CASE(4); CASE(5); CASE(6); CASE(7);
-    default: tile_tokens(kind, vnni, TT, kb, buf, x, xs, side, snb, y, ldy, first); break;
-    }
+#define CASE(n) case n: if (n <= TT) tile_tokens(kind, vnni, n, kb, buf, xp, y, ldy, first); break;
+        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+        CASE(9) CASE(10) CASE(11) CASE(12) CASE(13) CASE(14) CASE(15)
 #undef CASE
+    default: tile_tokens(kind, vnni, TT, kb, buf, xp, y, ldy, first); break;
+    }
 }
 
 AI int64_t gemm_tiles(const int kind, const int vnni, int64_t cols, const char *W, size_t ws,
                       const char *X, size_t xs, int64_t n_tok, float *Y, int64_t ldy,
                       int64_t r0, int64_t r1) {
     const int64_t nb = cols / 32, ntiles = (r1 - r0) / RT;
-    const size_t wbs = w_block_bytes(kind), xbs = x_block_bytes(kind), pb = tile_block_bytes(kind);
+    const size_t wbs = w_block_bytes(kind), pb = tile_block_bytes(kind);
     if (ntiles == 0 || nb == 0 || ws > (size_t)INT32_MAX / RT) return r0;
     const size_t tile_bytes = (size_t)KB * pb;
-    const size_t side_bytes = ((size_t)n_tok * nb * sizeof(xside) + 63) & ~(size_t)63;
-    char *mem = aligned_alloc(64, tile_bytes + side_bytes);
+    const int64_t ngroups = (n_tok + TT - 1) / TT;
+    const size_t x_bytes = (size_t)ngroups * nb * xpack_block_bytes();
+    char *mem = aligned_alloc(64, tile_bytes + x_bytes);
     if (!mem) return r0; /* the caller's own tiles do the rows */
-    char *buf = mem;
-    xside *side = (xside *)(mem + tile_bytes);
-    make_side(kind, nb, X, xs, n_tok, side);
+    char *buf = mem, *xpk = mem + tile_bytes;
+    pack_x(kind, nb, X, xs, n_tok, xpk);
     const __m512i rowoff = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                               _mm512_set1_epi32((int)ws));
     for (int64_t i = 0; i < ntiles; i++) {
@@ -241,7 +259,7 @@ AI int64_t gemm_tiles(const int kind, const int vnni, int64_t cols, const char *
             pack_tile(kind, vnni, W + r * ws + b0 * wbs, ws, kb, rowoff, buf);
             for (int64_t t = 0; t < n_tok; t += TT)
                 tile_tokens_n(kind, vnni, (int)(n_tok - t < TT ? n_tok - t : TT), kb, buf,
-                              X + t * xs + b0 * xbs, xs, side + t * nb + b0, nb, Y + t * ldy + r, ldy,
+                              xpk + ((t / TT) * nb + b0) * xpack_block_bytes(), Y + t * ldy + r, ldy,
                               b0 == 0);
         }
     }
