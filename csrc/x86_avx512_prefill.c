@@ -69,55 +69,9 @@ enum {
     TT = PQ_PF_TT, /* tokens per register tile (TT f32 accumulators), <= 16 */
 };
 
-AI size_t w_block_bytes(const int kind) { return kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : 34; }
-AI size_t x_block_bytes(const int kind) { return kind == K_Q4_1 ? 36 : 34; }
-AI size_t x_qs_offset(const int kind) { return kind == K_Q4_1 ? 4 : 2; }
+#include "x86_prefill.h" /* block sizes, pack_x: compiled for this file's target */
+
 AI size_t tile_block_bytes(const int kind) { return kind == K_Q4_1 ? 640 : 576; }
-
-/* Activations of a group of TT tokens, block-major, so that the kernel reads
- * every operand of a block at fixed offsets from one pointer (TT*40 bytes):
- *   qs[TT][32]  int8 quants of token j
- *   d[TT]       f32 scales
- *   c[TT]       int32 start of the dot (offset correction), or for Q8_1 the
- *               f32 s = d * sum(q) (Q4_1's m*s term). */
-AI size_t xpack_block_bytes(void) { return (size_t)TT * 40; }
-
-/* Sum of 32 int8: bias to u8 so sad_epu8 can add them, then remove the bias. */
-AI int32_t sum_i8x32(__m256i q) {
-    const __m256i u = _mm256_xor_si256(q, _mm256_set1_epi8((char)0x80));
-    const __m256i s = _mm256_sad_epu8(u, _mm256_setzero_si256()); /* 4 x u64 */
-    __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-    s2 = _mm_add_epi64(s2, _mm_unpackhi_epi64(s2, s2));
-    return _mm_cvtsi128_si32(s2) - 32 * 128;
-}
-
-/* Tokens [0, tn) of X (all nb blocks) into groups of TT at out; the last
- * group may be partial (its missing tokens are never read). */
-AI void pack_x(const int kind, int64_t nb, const char *X, size_t xs, int64_t tn, char *out) {
-    const size_t xbs = x_block_bytes(kind), xo = x_qs_offset(kind), pbx = xpack_block_bytes();
-    const int32_t c = kind == K_Q4_0 ? -8 : -128;
-    for (int64_t t = 0; t < tn; t++) {
-        const int64_t j = t % TT;
-        char *o = out + (t / TT) * nb * pbx;
-        for (int64_t b = 0; b < nb; b++, o += pbx) {
-            const char *xb = X + t * xs + b * xbs;
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(xb + xo));
-            _mm256_store_si256((__m256i *)(o + 32 * j), q);
-            uint16_t h;
-            memcpy(&h, xb, 2);
-            const float d = _cvtsh_ss(h);
-            memcpy(o + 32 * TT + 4 * j, &d, 4);
-            if (kind == K_Q4_1) {
-                memcpy(&h, xb + 2, 2);
-                const float sv = _cvtsh_ss(h);
-                memcpy(o + 36 * TT + 4 * j, &sv, 4);
-            } else {
-                const int32_t cv = c * sum_i8x32(q);
-                memcpy(o + 36 * TT + 4 * j, &cv, 4);
-            }
-        }
-    }
-}
 
 /* 4 rows' 16 bytes at p + i*ws -> one register, row i in 128-bit lane i. */
 AI __m512i load_4x16(const char *p, size_t ws) {

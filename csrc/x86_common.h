@@ -24,13 +24,17 @@ static inline size_t pq_prefetch_ahead(int R, size_t ws) {
     return tile ? (ahead + tile - 1) / tile * tile : ahead;
 }
 
-/* Prompt-batch GEMM with row-interleaved weight tiles (x86_avx512_prefill.c).
- * Does rows [r0, r0 + 16k) of a Q4_0/Q4_1/Q8_0 gemm (same arguments as a
- * pq_gemm_fn) when n_tok >= PQ_PREFILL_MIN_TOK, and returns the first row it
- * did not do: r0 if it declines. vnni selects the VNNI (1) or BW (0) form. */
+/* Prompt-batch GEMMs with row-interleaved weight tiles built on the fly
+ * (x86_avx512_prefill.c, x86_avx2_prefill.c). Each does rows [r0, r0 + k*R)
+ * (R = 16 rows on AVX-512, 8 on AVX2) of a quantized gemm, same arguments as
+ * a pq_gemm_fn, when n_tok >= PQ_PREFILL_MIN_TOK, and returns the first row
+ * it did not do: r0 if it declines (a type it lacks, no memory). vnni selects
+ * the VNNI (1) or AVX-512BW (0) form. */
 #define PQ_PREFILL_MIN_TOK 16
 int64_t pq_prefill_avx512(int wtype, int vnni, int64_t cols, const void *W, size_t ws,
                           const void *X, size_t xs, int64_t n_tok, float *Y, int64_t ldy,
                           int64_t r0, int64_t r1);
+int64_t pq_prefill_avx2(int wtype, int64_t cols, const void *W, size_t ws, const void *X,
+                        size_t xs, int64_t n_tok, float *Y, int64_t ldy, int64_t r0, int64_t r1);
 
 #endif /* PQ_X86_COMMON_H */
