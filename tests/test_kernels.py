@@ -119,9 +119,10 @@ def assert_close(got, ref, atol, what):
 # (rows, cols, n_tok): rows not multiples of 4/8/16, odd token counts.
 # 1056 cols = 33 blocks: 16 block pairs (one full group of collected Q4_1
 # minima on AVX-512), then a lone block.
-# The last four take the x86 prompt path (n_tok >= 16, tiles of 16 rows,
-# chunks of 32 blocks, 8 tokens per register tile) with remainders of each:
-# 37 rows = 2 tiles + 5, 2080 cols = 65 blocks = 3 chunks, 19/40 tokens.
+# With n_tok >= 4 and at least 16 (AVX-512) or 8 (AVX2) rows, shapes take
+# the x86 interleaved prompt path (chunks of 32 blocks, 8 or 4 tokens per
+# register tile); the last four add remainders of each: 37 rows = 2 tiles + 5,
+# 2080 cols = 65 blocks = 3 chunks, 19/40 tokens.
 SHAPES = [(1, 32, 1), (3, 64, 2), (5, 96, 3), (13, 256, 5), (37, 4096, 1),
           (19, 544, 7), (11, 2048, 17), (6, 1024, 4), (33, 160, 8), (9, 1056, 1),
           (7, 1056, 3), (16, 32, 16), (37, 1056, 19), (48, 2080, 24), (33, 96, 40)]
@@ -170,13 +171,14 @@ def test_row_range_writes_only_its_rows(variant, name, n_tok):
 
 @pytest.mark.parametrize("variant", SIMD)
 @pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q8_0"])
-def test_prompt_row_ranges(variant, name):
+@pytest.mark.parametrize("n_tok", [5, 21])
+def test_prompt_row_ranges(variant, name, n_tok):
     """Row ranges of a prompt batch (the x86 interleaved-tile path): ranges
     that start off a multiple of 16, hold one or more whole tiles plus a
     remainder, or less than a tile; nothing outside [r0, r1) is written."""
     if variant not in AVAILABLE:
         pytest.skip(f"{variant} not available here")
-    rows, cols, n_tok = 53, 1088, 21
+    rows, cols = 53, 1088
     W, X, ref, atol = make_case(name, rows, cols, n_tok, seed=9)
     for r0, r1 in [(0, 53), (3, 35), (5, 22), (1, 50), (16, 48), (7, 20), (37, 53)]:
         Y = matmul(variant, WTYPES[name], W, rows, cols, X, r0, r1)
