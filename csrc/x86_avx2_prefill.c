@@ -53,7 +53,7 @@ enum { K_Q4_0, K_Q4_1, K_Q8_0 };
 #endif
 enum {
     RT = 8,         /* rows per tile: one per int32 lane */
-    KB = 32,        /* blocks per interleaved chunk: KB * 288 bytes, in L1 */
+    KB = 32,        /* blocks per interleaved chunk: KB * 288-544 bytes, in L1 */
     TT = PQ_PF2_TT, /* tokens per register tile, <= 8 */
 };
 
