@@ -186,7 +186,8 @@ AI int64_t gemm_tiles(const int kind, int64_t cols, const char *W, size_t ws, co
     if (ntiles == 0 || nb == 0) return r0;
     const size_t tile_bytes = (size_t)KB * pb;
     const int64_t ngroups = (n_tok + TT - 1) / TT;
-    char *mem = aligned_alloc(64, tile_bytes + (size_t)ngroups * nb * xpack_block_bytes());
+    const size_t bytes = tile_bytes + (size_t)ngroups * nb * xpack_block_bytes();
+    char *mem = aligned_alloc(64, (bytes + 63) & ~(size_t)63); /* C11: a multiple of the alignment */
     if (!mem) return r0; /* the caller's own tiles do the rows */
     char *buf = mem, *xpk = mem + tile_bytes;
     pack_x(kind, nb, X, xs, n_tok, xpk);

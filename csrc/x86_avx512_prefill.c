@@ -200,7 +200,7 @@ AI int64_t gemm_tiles(const int kind, const int vnni, int64_t cols, const char *
     const size_t tile_bytes = (size_t)KB * pb;
     const int64_t ngroups = (n_tok + TT - 1) / TT;
     const size_t x_bytes = (size_t)ngroups * nb * xpack_block_bytes();
-    char *mem = aligned_alloc(64, tile_bytes + x_bytes);
+    char *mem = aligned_alloc(64, (tile_bytes + x_bytes + 63) & ~(size_t)63); /* C11: a multiple of 64 */
     if (!mem) return r0; /* the caller's own tiles do the rows */
     char *buf = mem, *xpk = mem + tile_bytes;
     pack_x(kind, nb, X, xs, n_tok, xpk);
