@@ -185,21 +185,24 @@ AI int64_t gemm_tiles(const int kind, int64_t cols, const char *W, size_t ws, co
     const size_t wbs = w_block_bytes(kind), pb = tile_block_bytes(kind);
     if (ntiles == 0 || nb == 0) return r0;
     const size_t tile_bytes = (size_t)KB * pb;
-    const int64_t ngroups = (n_tok + TT - 1) / TT;
+    const int64_t tpass = token_pass(nb, n_tok), ngroups = (tpass + TT - 1) / TT;
     const size_t bytes = tile_bytes + (size_t)ngroups * nb * xpack_block_bytes();
     char *mem = aligned_alloc(64, (bytes + 63) & ~(size_t)63); /* C11: a multiple of the alignment */
     if (!mem) return r0; /* the caller's own tiles do the rows */
     char *buf = mem, *xpk = mem + tile_bytes;
-    pack_x(kind, nb, X, xs, n_tok, xpk);
-    for (int64_t i = 0; i < ntiles; i++) {
-        const int64_t r = r0 + i * RT;
-        for (int64_t b0 = 0; b0 < nb; b0 += KB) {
-            const int64_t kb = nb - b0 < KB ? nb - b0 : KB;
-            pack_tile(kind, W + r * ws + b0 * wbs, ws, kb, buf);
-            for (int64_t t = 0; t < n_tok; t += TT)
-                tile_tokens_n(kind, (int)(n_tok - t < TT ? n_tok - t : TT), kb, buf,
-                              xpk + ((t / TT) * nb + b0) * xpack_block_bytes(), Y + t * ldy + r, ldy,
-                              b0 == 0);
+    for (int64_t t0 = 0; t0 < n_tok; t0 += tpass) {
+        const int64_t tn = n_tok - t0 < tpass ? n_tok - t0 : tpass;
+        pack_x(kind, nb, X + t0 * xs, xs, tn, xpk);
+        for (int64_t i = 0; i < ntiles; i++) {
+            const int64_t r = r0 + i * RT;
+            for (int64_t b0 = 0; b0 < nb; b0 += KB) {
+                const int64_t kb = nb - b0 < KB ? nb - b0 : KB;
+                pack_tile(kind, W + r * ws + b0 * wbs, ws, kb, buf);
+                for (int64_t t = 0; t < tn; t += TT)
+                    tile_tokens_n(kind, (int)(tn - t < TT ? tn - t : TT), kb, buf,
+                                  xpk + ((t / TT) * nb + b0) * xpack_block_bytes(), Y + (t0 + t) * ldy + r,
+                                  ldy, b0 == 0);
+            }
         }
     }
     free(mem);

@@ -198,23 +198,26 @@ AI int64_t gemm_tiles(const int kind, const int vnni, int64_t cols, const char *
     const size_t wbs = w_block_bytes(kind), pb = tile_block_bytes(kind);
     if (ntiles == 0 || nb == 0 || ws > (size_t)INT32_MAX / RT) return r0;
     const size_t tile_bytes = (size_t)KB * pb;
-    const int64_t ngroups = (n_tok + TT - 1) / TT;
+    const int64_t tpass = token_pass(nb, n_tok), ngroups = (tpass + TT - 1) / TT;
     const size_t x_bytes = (size_t)ngroups * nb * xpack_block_bytes();
     char *mem = aligned_alloc(64, (tile_bytes + x_bytes + 63) & ~(size_t)63); /* C11: a multiple of 64 */
     if (!mem) return r0; /* the caller's own tiles do the rows */
     char *buf = mem, *xpk = mem + tile_bytes;
-    pack_x(kind, nb, X, xs, n_tok, xpk);
     const __m512i rowoff = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                               _mm512_set1_epi32((int)ws));
-    for (int64_t i = 0; i < ntiles; i++) {
-        const int64_t r = r0 + i * RT;
-        for (int64_t b0 = 0; b0 < nb; b0 += KB) {
-            const int64_t kb = nb - b0 < KB ? nb - b0 : KB;
-            pack_tile(kind, vnni, W + r * ws + b0 * wbs, ws, kb, rowoff, buf);
-            for (int64_t t = 0; t < n_tok; t += TT)
-                tile_tokens_n(kind, vnni, (int)(n_tok - t < TT ? n_tok - t : TT), kb, buf,
-                              xpk + ((t / TT) * nb + b0) * xpack_block_bytes(), Y + t * ldy + r, ldy,
-                              b0 == 0);
+    for (int64_t t0 = 0; t0 < n_tok; t0 += tpass) {
+        const int64_t tn = n_tok - t0 < tpass ? n_tok - t0 : tpass;
+        pack_x(kind, nb, X + t0 * xs, xs, tn, xpk);
+        for (int64_t i = 0; i < ntiles; i++) {
+            const int64_t r = r0 + i * RT;
+            for (int64_t b0 = 0; b0 < nb; b0 += KB) {
+                const int64_t kb = nb - b0 < KB ? nb - b0 : KB;
+                pack_tile(kind, vnni, W + r * ws + b0 * wbs, ws, kb, rowoff, buf);
+                for (int64_t t = 0; t < tn; t += TT)
+                    tile_tokens_n(kind, vnni, (int)(tn - t < TT ? tn - t : TT), kb, buf,
+                                  xpk + ((t / TT) * nb + b0) * xpack_block_bytes(), Y + (t0 + t) * ldy + r,
+                                  ldy, b0 == 0);
+            }
         }
     }
     free(mem);

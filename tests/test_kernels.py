@@ -121,11 +121,14 @@ def assert_close(got, ref, atol, what):
 # minima on AVX-512), then a lone block.
 # With n_tok >= 4 and at least 16 (AVX-512) or 8 (AVX2) rows, shapes take
 # the x86 interleaved prompt path (chunks of 32 blocks, 8 or 4 tokens per
-# register tile); the last four add remainders of each: 37 rows = 2 tiles + 5,
-# 2080 cols = 65 blocks = 3 chunks, 19/40 tokens.
+# register tile); the next four add remainders of each: 37 rows = 2 tiles + 5,
+# 2080 cols = 65 blocks = 3 chunks, 19/40 tokens. 16384 cols x 60 tokens
+# takes 2 (AVX2) or 3 (AVX-512) passes over the weights (at most 4 MiB of
+# packed activations per pass).
 SHAPES = [(1, 32, 1), (3, 64, 2), (5, 96, 3), (13, 256, 5), (37, 4096, 1),
           (19, 544, 7), (11, 2048, 17), (6, 1024, 4), (33, 160, 8), (9, 1056, 1),
-          (7, 1056, 3), (16, 32, 16), (37, 1056, 19), (48, 2080, 24), (33, 96, 40)]
+          (7, 1056, 3), (16, 32, 16), (37, 1056, 19), (48, 2080, 24), (33, 96, 40),
+          (17, 16384, 60)]
 FLOAT_ONLY_SHAPES = [(3, 7, 1), (5, 33, 3), (9, 100, 5), (2, 1, 2), (17, 515, 9)]
 
 
