@@ -12,12 +12,13 @@
  * What it is not: the decode path, or a whole gemm. x86_avx512.c's gemm_q
  * calls pq_prefill_avx512() for n_tok >= PQ_PREFILL_MIN_TOK; it returns the
  * first row it did not do (whole tiles of 16 rows from r0; r0 itself if it
- * declines: AVX-512BW without VNNI for Q8_0, or no memory for its buffers)
- * and gemm_q finishes the rest with its own tiles.
+ * declines: no memory for its buffers) and gemm_q finishes the rest with its
+ * own tiles.
  *
- * Interleaved tile, per block (576 bytes; Q4_1 640):
+ * Interleaved tile, per block (576 bytes; Q4_1 640; Q8_0 on BW 1088):
  *   g[k] (k = 0..7, 64 bytes): byte 4r+i = element 4k+i of row r, as u8
- *        (Q4: the nibble 0..15; Q8_0: w ^ 0x80 = w + 128)
+ *        (Q4: the nibble 0..15; Q8_0: w ^ 0x80 = w + 128 with VNNI, |w| on
+ *        BW, followed there by g[8+k] = w for its signs)
  *   d[16] f32 row scales, then (Q4_1) m[16] f32 row minima.
  * Offsets are undone exactly in int32: dot(q - 8, x) = dot(q, x) - 8*sum(x)
  * (Q4_0) and dot(w + 128, x) - 128*sum(x) (Q8_0); sum(x) per (token, block)
@@ -71,7 +72,12 @@ enum {
 
 #include "x86_prefill.h" /* block sizes, pack_x: compiled for this file's target */
 
-AI size_t tile_block_bytes(const int kind) { return kind == K_Q4_1 ? 640 : 576; }
+/* Q8_0 on AVX-512BW (no VNNI): |w| in g[0..7], w (its signs) in g[8..15] */
+AI int bw_q8(const int kind, const int vnni) { return kind == K_Q8_0 && !vnni; }
+AI size_t tile_block_bytes(const int kind, const int vnni) {
+    return kind == K_Q4_1 ? 640 : bw_q8(kind, vnni) ? 1088 : 576;
+}
+AI size_t tile_scale_offset(const int kind, const int vnni) { return bw_q8(kind, vnni) ? 1024 : 512; }
 
 /* 4 rows' 16 bytes at p + i*ws -> one register, row i in 128-bit lane i. */
 AI __m512i load_4x16(const char *p, size_t ws) {
@@ -103,19 +109,24 @@ AI void transpose_16x4(const char *p, size_t ws, __m512i out[4]) {
  * buf, in the layout above. rowoff[r] = r * ws (for the scale gather). */
 AI void pack_tile(const int kind, const int vnni, const char *w, size_t ws, int64_t kb,
                   __m512i rowoff, char *buf) {
-    const size_t wbs = w_block_bytes(kind), pb = tile_block_bytes(kind);
+    const size_t wbs = w_block_bytes(kind), pb = tile_block_bytes(kind, vnni);
     const __m512i lo4 = _mm512_set1_epi8(0x0f);
     for (int64_t b = 0; b < kb; b++) {
         const char *wb = w + b * wbs;
         __m512i *g = (__m512i *)(buf + b * pb);
         __m512i t[4];
         if (kind == K_Q8_0) {
-            transpose_16x4(wb + 2, ws, t); /* elements 0..15 */
-            for (int j = 0; j < 4; j++)
-                g[j] = vnni ? _mm512_xor_si512(t[j], _mm512_set1_epi8((char)0x80)) : t[j];
-            transpose_16x4(wb + 18, ws, t); /* elements 16..31 */
-            for (int j = 0; j < 4; j++)
-                g[4 + j] = vnni ? _mm512_xor_si512(t[j], _mm512_set1_epi8((char)0x80)) : t[j];
+            for (int h = 0; h < 2; h++) { /* elements 0..15, then 16..31 */
+                transpose_16x4(wb + 2 + 16 * h, ws, t);
+                for (int j = 0; j < 4; j++) {
+                    if (vnni) {
+                        g[4 * h + j] = _mm512_xor_si512(t[j], _mm512_set1_epi8((char)0x80));
+                    } else {
+                        g[4 * h + j] = _mm512_abs_epi8(t[j]);
+                        g[8 + 4 * h + j] = t[j];
+                    }
+                }
+            }
         } else {
             /* byte i of qs holds element i (low nibble) and i+16 (high) */
             transpose_16x4(wb + (kind == K_Q4_1 ? 4 : 2), ws, t);
@@ -126,7 +137,7 @@ AI void pack_tile(const int kind, const int vnni, const char *w, size_t ws, int6
         }
         /* the first 4 bytes of each row's block: d (and Q4_1's m) as fp16 */
         const __m512i dm = _mm512_i32gather_epi32(rowoff, wb, 1);
-        _mm512_store_ps((float *)(buf + b * pb + 512), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)));
+        _mm512_store_ps((float *)(buf + b * pb + tile_scale_offset(kind, vnni)), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dm)));
         if (kind == K_Q4_1)
             _mm512_store_ps((float *)(buf + b * pb + 576), _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(dm, 16))));
     }
@@ -134,8 +145,23 @@ AI void pack_tile(const int kind, const int vnni, const char *w, size_t ws, int6
 
 /* int32 lanes r: acc + sum over k of dot(g[k] lane r, the 4 bytes x[4k..4k+3]).
  * VNNI: 8 vpdpbusd with the 4 activation bytes broadcast from memory.
- * BW (Q4 only): 8 maddubs summed in int16 (see the overflow note), one madd. */
-AI __m512i block_dot(const int vnni, __m512i acc, const __m512i g[8], const char *x) {
+ * BW, Q4: 8 maddubs summed in int16 (see the overflow note), one madd.
+ * BW, Q8_0: x takes w's signs (sgn: g[8..15] in the tile) so maddubs sees
+ * |w| <= 128 against |x| <= 127, at most 32512 per int16 pair sum, so each
+ * maddubs gets its own madd. */
+AI __m512i block_dot(const int kind, const int vnni, __m512i acc, const __m512i g[8], const char *sgn,
+                     const char *x) {
+    if (bw_q8(kind, vnni)) {
+        for (int k = 0; k < 8; k++) {
+            int32_t v;
+            memcpy(&v, x + 4 * k, 4);
+            const __m512i xb = _mm512_set1_epi32(v);
+            const __mmask64 neg = _mm512_movepi8_mask(_mm512_load_si512((const void *)(sgn + 64 * k)));
+            const __m512i xs = _mm512_mask_sub_epi8(xb, neg, _mm512_setzero_si512(), xb);
+            acc = _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(g[k], xs), _mm512_set1_epi16(1)));
+        }
+        return acc;
+    }
     if (vnni) {
         for (int k = 0; k < 8; k++)
             __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(g[k]), "m"(*(const int32_t *)(x + 4 * k)));
@@ -157,19 +183,21 @@ AI __m512i block_dot(const int vnni, __m512i acc, const __m512i g[8], const char
  * block. first: the chunk starts the row, so store instead of add. */
 AI void tile_tokens(const int kind, const int vnni, const int T, int64_t kb, const char *buf,
                     const char *xp, float *y, int64_t ldy, int first) {
-    const size_t pb = tile_block_bytes(kind), pbx = xpack_block_bytes();
+    const size_t pb = tile_block_bytes(kind, vnni), pbx = xpack_block_bytes();
     __m512 acc[16];
     for (int j = 0; j < T; j++) acc[j] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(y + j * ldy);
     for (int64_t b = 0; b < kb; b++, buf += pb, xp += pbx) {
         __m512i g[8];
         for (int k = 0; k < 8; k++) g[k] = _mm512_load_si512((const void *)(buf + 64 * k));
-        const __m512 wd = _mm512_load_ps((const float *)(buf + 512));
+        const __m512 wd = _mm512_load_ps((const float *)(buf + tile_scale_offset(kind, vnni)));
         for (int j = 0; j < T; j++) {
             const char *cj = xp + 36 * TT + 4 * j;
             int32_t cv;
             memcpy(&cv, cj, 4);
-            const __m512i c0 = kind == K_Q4_1 ? _mm512_setzero_si512() : _mm512_set1_epi32(cv);
-            const __m512i dot = block_dot(vnni, c0, g, xp + 32 * j);
+            /* offsets: Q4_0's 8, VNNI Q8_0's 128 (BW Q8_0 is signed x signed) */
+            const __m512i c0 = kind == K_Q4_0 || (kind == K_Q8_0 && vnni) ? _mm512_set1_epi32(cv)
+                                                                          : _mm512_setzero_si512();
+            const __m512i dot = block_dot(kind, vnni, c0, g, buf + 512, xp + 32 * j);
             const __m512 dx = _mm512_set1_ps(*(const float *)(xp + 32 * TT + 4 * j));
             acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(wd, dx), acc[j]);
             if (kind == K_Q4_1)
@@ -195,7 +223,7 @@ AI int64_t gemm_tiles(const int kind, const int vnni, int64_t cols, const char *
                       const char *X, size_t xs, int64_t n_tok, float *Y, int64_t ldy,
                       int64_t r0, int64_t r1) {
     const int64_t nb = cols / 32, ntiles = (r1 - r0) / RT;
-    const size_t wbs = w_block_bytes(kind), pb = tile_block_bytes(kind);
+    const size_t wbs = w_block_bytes(kind), pb = tile_block_bytes(kind, vnni);
     if (ntiles == 0 || nb == 0 || ws > (size_t)INT32_MAX / RT) return r0;
     const size_t tile_bytes = (size_t)KB * pb;
     const int64_t tpass = token_pass(nb, n_tok), ngroups = (tpass + TT - 1) / TT;
@@ -235,8 +263,9 @@ int64_t pq_prefill_avx512(int wtype, int vnni, int64_t cols, const void *W, size
     if (wtype == PQ_TYPE_Q4_1)
         return vnni ? gemm_tiles(K_Q4_1, 1, cols, w, ws, x, xs, n_tok, Y, ldy, r0, r1)
                     : gemm_tiles(K_Q4_1, 0, cols, w, ws, x, xs, n_tok, Y, ldy, r0, r1);
-    if (wtype == PQ_TYPE_Q8_0 && vnni) /* BW: maddubs would saturate on w + 128 */
-        return gemm_tiles(K_Q8_0, 1, cols, w, ws, x, xs, n_tok, Y, ldy, r0, r1);
+    if (wtype == PQ_TYPE_Q8_0)
+        return vnni ? gemm_tiles(K_Q8_0, 1, cols, w, ws, x, xs, n_tok, Y, ldy, r0, r1)
+                    : gemm_tiles(K_Q8_0, 0, cols, w, ws, x, xs, n_tok, Y, ldy, r0, r1);
     return r0;
 }
 
