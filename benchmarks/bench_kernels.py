@@ -14,6 +14,11 @@ equals wall time, and on a shared one it leaves out time-slices lost to other
 jobs (cache contention still counts); --clock wall times the wall clock.
 
     .venv/bin/python benchmarks/bench_kernels.py [--rows 4096 --cols 4096 --reps 7]
+    .venv/bin/python -m benchmarks.bench_kernels --gemm-only --types Q4_0 Q8_0 \
+        --tokens 16 512 --variants avx2 avx512vnni --stat best   # prompt GEMMs only
+
+On x86, n_tok >= 4 takes the row-interleaved prompt path
+(csrc/x86_avx512_prefill.c, csrc/x86_avx2_prefill.c); n_tok < 4 the older tiles.
 """
 import argparse
 import statistics
