@@ -14,6 +14,11 @@ equals wall time, and on a shared one it leaves out time-slices lost to other
 jobs (cache contention still counts); --clock wall times the wall clock.
 
     .venv/bin/python benchmarks/bench_kernels.py [--rows 4096 --cols 4096 --reps 7]
+    .venv/bin/python -m benchmarks.bench_kernels --gemm-only --types Q4_0 Q8_0 \
+        --tokens 16 512 --variants avx2 avx512vnni --stat best   # prompt GEMMs only
+
+On x86, n_tok >= 4 takes the row-interleaved prompt path
+(csrc/x86_avx512_prefill.c, csrc/x86_avx2_prefill.c); n_tok < 4 the older tiles.
 """
 import argparse
 import statistics
@@ -83,22 +88,30 @@ def main():
     ap.add_argument("--scalar", action="store_true", help="include the scalar variant in GEMM runs")
     ap.add_argument("--stat", choices=["median", "best"], default="median")
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    ap.add_argument("--gemm-only", action="store_true", help="skip the matvec table and the bandwidth peer")
+    ap.add_argument("--variants", nargs="+", help="only these kernel variants (default: all this CPU runs)")
     args = ap.parse_args()
     global STAT, CLOCK
     STAT = statistics.median if args.stat == "median" else min
     CLOCK = time.thread_time if args.clock == "cpu" else time.perf_counter
 
     variants = ffi.string(lib.pq_kernels_available()).decode().split()
+    if args.variants:
+        variants = [v for v in variants if v in args.variants]
     best = ffi.string(lib.pq_kernels_active()).decode()
     print(f"cpu features: {ffi.string(lib.pq_cpu_features()).decode()}")
     print(f"variants: {' '.join(variants)}; active (chosen at start-up): {best}")
     print(f"timing: {args.stat} of {args.reps} runs, {args.clock} clock, one thread")
-    peer = read_bandwidth(best, args.reps)
-    print(f"read bandwidth peer (f32 dot over 2 x 64 MiB, {best}): {peer:.1f} GB/s\n")
-
     rng = np.random.default_rng(0)
     types = [(n, t) for n, t in WTYPES if n in args.types]
+    if not args.gemm_only:
+        matvec_table(args, variants, best, types, rng)
+    gemm_table(args, variants, types, rng)
 
+
+def matvec_table(args, variants, best, types, rng):
+    peer = read_bandwidth(best, args.reps)
+    print(f"read bandwidth peer (f32 dot over 2 x 64 MiB, {best}): {peer:.1f} GB/s\n")
     print(f"matvec {args.rows}x{args.cols}, n_tok=1: GB/s of weights (ratio to peer)")
     print(f"{'type':6s}" + "".join(f"{v:>20s}" for v in variants))
     for name, ptype in types:
@@ -112,10 +125,13 @@ def main():
             gbs = W.nbytes / dt / 1e9
             cells.append(f"{gbs:8.1f} ({gbs / peer:4.2f})")
         print(f"{name:6s}" + "".join(f"{c:>20s}" for c in cells))
+    print()
 
+
+def gemm_table(args, variants, types, rng):
     n = args.gemm_size
     gvars = [v for v in variants if v != "scalar" or args.scalar]
-    print(f"\nGEMM {n}x{n} @ (n_tok, {n}): GFLOP/s")
+    print(f"GEMM {n}x{n} @ (n_tok, {n}): GFLOP/s")
     print(f"{'type':6s}{'n_tok':>6s}" + "".join(f"{v:>12s}" for v in gvars))
     for name, ptype in types:
         W = weights(ptype, n, n, rng)

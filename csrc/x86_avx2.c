@@ -393,6 +393,11 @@ AI void gemm_q(const int kind, int64_t cols, const void *W, size_t ws, const voi
         gemv_q4(kind, cols, (const char *)W, ws, (const char *)X, Y, r0, r1);
         return;
     }
+    /* prompt batches: whole 8-row tiles in x86_avx2_prefill.c, the rest here */
+    if (n_tok >= PQ_PREFILL_MIN_TOK) {
+        const int wt = kind == K_Q4_0 ? PQ_TYPE_Q4_0 : kind == K_Q4_1 ? PQ_TYPE_Q4_1 : PQ_TYPE_Q8_0;
+        r0 = pq_prefill_avx2(wt, cols, W, ws, X, xs, n_tok, Y, ldy, r0, r1);
+    }
     const int64_t nb = cols / 32;
     const int64_t chunk = pq_token_chunk(xs, n_tok);
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {

@@ -478,6 +478,11 @@ AI void gemv_q4(const int kind, const int vnni, int64_t cols, const char *W, siz
 AI void gemm_q(const int kind, const int vnni, int64_t cols, const void *W, size_t ws,
                const void *X, size_t xs, int64_t n_tok, float *Y, int64_t ldy, int64_t r0,
                int64_t r1) {
+    /* prompt batches: whole 16-row tiles in x86_avx512_prefill.c, the rest here */
+    if (n_tok >= PQ_PREFILL_MIN_TOK) {
+        const int wt = kind == K_Q4_0 ? PQ_TYPE_Q4_0 : kind == K_Q4_1 ? PQ_TYPE_Q4_1 : PQ_TYPE_Q8_0;
+        r0 = pq_prefill_avx512(wt, vnni, cols, W, ws, X, xs, n_tok, Y, ldy, r0, r1);
+    }
     const int TT = 4;
     const int64_t nb = cols / 32;
     if (n_tok == 1 && kind != K_Q8_0) { /* decode: the four-block kernel above */

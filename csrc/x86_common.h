@@ -37,4 +37,22 @@ static inline size_t pq_prefetch_ahead_clamped(int R, size_t ws) {
     return tile ? (ahead + tile - 1) / tile * tile : ahead;
 }
 
+/* Prompt-batch GEMMs with row-interleaved weight tiles built on the fly
+ * (x86_avx512_prefill.c, x86_avx2_prefill.c). Each does rows [r0, r0 + k*R)
+ * (R = 16 rows on AVX-512, 8 on AVX2) of a quantized gemm, same arguments as
+ * a pq_gemm_fn, when n_tok >= PQ_PREFILL_MIN_TOK, and returns the first row
+ * it did not do: r0 if it declines (a type it lacks, no memory). vnni selects
+ * the VNNI (1) or AVX-512BW (0) form. */
+/* Break-even measured at 2-3 tokens (2048x2048, and 16384x4096 read from
+ * DRAM, 1 thread, Zen 4); at 4 tokens the interleaved path was already 1.1x
+ * (Q8_0) to 2x (Q4_0 on avx2) the older 4x4 tiles. */
+#ifndef PQ_PREFILL_MIN_TOK
+#define PQ_PREFILL_MIN_TOK 4
+#endif
+int64_t pq_prefill_avx512(int wtype, int vnni, int64_t cols, const void *W, size_t ws,
+                          const void *X, size_t xs, int64_t n_tok, float *Y, int64_t ldy,
+                          int64_t r0, int64_t r1);
+int64_t pq_prefill_avx2(int wtype, int64_t cols, const void *W, size_t ws, const void *X,
+                        size_t xs, int64_t n_tok, float *Y, int64_t ldy, int64_t r0, int64_t r1);
+
 #endif /* PQ_X86_COMMON_H */
