@@ -597,6 +597,22 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 
 /* SDOT usable: HWCAP_ASIMDDP (bit 20) on Linux; PQ_NEON_NO_DOTPROD=1 forces
  * the widening-multiply path (tests run both). */
+/* g = silu(g) * up, 4 lanes, scalar tail. silu(x) = x * s with
+ * s = 1 / (1 + e) for x >= 0 and e / (1 + e) below, e = exp(-|x|) <= 1, so
+ * the exponential never overflows (attn_exp4 is for arguments <= 0). */
+static void silu_mul(float *g, const float *up, int64_t n) {
+    const float32x4_t one = vdupq_n_f32(1.0f);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t x = vld1q_f32(g + i);
+        const float32x4_t e = attn_exp4(vnegq_f32(vabsq_f32(x)));
+        const uint32x4_t neg = vcltq_f32(x, vdupq_n_f32(0.0f));
+        const float32x4_t s = vdivq_f32(vbslq_f32(neg, e, one), vaddq_f32(one, e));
+        vst1q_f32(g + i, vmulq_f32(vmulq_f32(x, s), vld1q_f32(up + i)));
+    }
+    for (; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * up[i];
+}
+
 static int cpu_has_dotprod(void) {
     const char *off = getenv("PQ_NEON_NO_DOTPROD");
     if (off && off[0] && strcmp(off, "0") != 0) return 0;
@@ -632,6 +648,7 @@ static void init(void) {
     k->attn_lanes = AW;
     k->attn_dec_f32 = attn_dec_f32;
     k->attn_dec_f16 = attn_dec_f16;
+    k->silu_mul = silu_mul;
 }
 
 const pq_kernels *pq_kernels_neon(void) {

@@ -239,6 +239,16 @@ int pq_kernel_attn(const char *variant, int decode, int kv_type, int64_t hd, con
     return PQ_OK;
 }
 
+int pq_kernel_silu_mul(const char *variant, float *g, const float *up, int64_t n) {
+    pthread_once(&once, init);
+    if (!g || !up || n < 0) return PQ_ERR_ARG;
+    const pq_kernels *k = variant ? table_of(variant) : active;
+    if (!k) return PQ_ERR_UNSUPPORTED;
+    if (!k->silu_mul) return PQ_ERR_UNSUPPORTED;
+    k->silu_mul(g, up, n);
+    return PQ_OK;
+}
+
 int pq_kernel_quantize_act(const char *variant, int wtype, const float *x, void *y,
                            int64_t n_rows, int64_t cols) {
     pthread_once(&once, init);

@@ -278,7 +278,7 @@ static void forward_worker(void *arg, int ith, int nth) {
         matmul(&L->up, xq[1], xs, n, c->hb2, ffn, a, b);
         for (int t = 0; t < n; t++) {
             float *g = c->hb + (int64_t)t * ffn, *up = c->hb2 + (int64_t)t * ffn;
-            for (int64_t r = a; r < b; r++) g[r] = g[r] / (1.0f + expf(-g[r])) * up[r];
+            if (b > a) K->silu_mul(g + a, up + a, b - a);
         }
         pq_pool_barrier(pool);
 

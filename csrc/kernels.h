@@ -67,6 +67,8 @@ typedef struct pq_kernels {
     /* The same attention for a few query rows (decode): lanes over
      * head_dim, a key/value row read once for the heads of a call. */
     pq_attn_fn attn_dec_f32, attn_dec_f16;
+    /* SwiGLU's elementwise step: g[i] = silu(g[i]) * up[i], silu(x) = x / (1 + exp(-x)). */
+    void (*silu_mul)(float *g, const float *up, int64_t n);
 } pq_kernels;
 
 /* The active table; set by dispatch before any model is built. */

@@ -99,6 +99,9 @@ int pq_kernel_attn(const char *variant, int decode, int kv_type, int64_t hd, con
                    int g, int64_t n_tok, int64_t n_past, const void *K, const void *V,
                    int64_t kv_ld, float scale, float *O, int64_t o_ld);
 
+/* Test hook: g[i] = silu(g[i]) * up[i] for i < n with a variant's kernel. */
+int pq_kernel_silu_mul(const char *variant, float *g, const float *up, int64_t n);
+
 /* ---- model ---------------------------------------------------------------- */
 typedef struct {
     int32_t n_vocab;

@@ -444,6 +444,11 @@ static void attn_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_
 static pq_kernels scalar_table;
 static pthread_once_t scalar_once = PTHREAD_ONCE_INIT;
 
+/* g[i] = silu(g[i]) * up[i]: the reference the SIMD variants are held to. */
+static void silu_mul(float *g, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * up[i];
+}
+
 static void scalar_init(void) {
     pq_kernels *k = &scalar_table;
     k->name = "scalar";
@@ -468,6 +473,7 @@ static void scalar_init(void) {
     k->attn_lanes = 1;
     k->attn_dec_f32 = attn_f32;
     k->attn_dec_f16 = attn_f16;
+    k->silu_mul = silu_mul;
 }
 
 const pq_kernels *pq_kernels_scalar(void) {

@@ -918,6 +918,25 @@ static void attn_dec_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_
     attn_dec(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
 }
 
+/* ---- SwiGLU ------------------------------------------------------------------------ */
+
+/* g = silu(g) * up, 8 lanes, scalar tail. silu(x) = x * s with
+ * s = 1 / (1 + e) for x >= 0 and e / (1 + e) below, e = exp(-|x|) <= 1, so
+ * the exponential never overflows (attn_exp8 is for arguments <= 0). */
+static void silu_mul(float *g, const float *up, int64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 e = attn_exp8(_mm256_or_ps(x, sign)); /* -|x| */
+        const __m256 neg = _mm256_cmp_ps(x, zero, _CMP_LT_OQ);
+        const __m256 s = _mm256_div_ps(_mm256_blendv_ps(one, e, neg), _mm256_add_ps(one, e));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_mul_ps(x, s), _mm256_loadu_ps(up + i)));
+    }
+    for (; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * up[i];
+}
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -953,6 +972,7 @@ static void init(void) {
     k->attn_lanes = AW;
     k->attn_dec_f32 = attn_dec_f32;
     k->attn_dec_f16 = attn_dec_f16;
+    k->silu_mul = silu_mul;
 }
 
 const pq_kernels *pq_kernels_avx2(void) {

@@ -944,6 +944,23 @@ static void attn_dec_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_
     attn_dec(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
 }
 
+/* ---- SwiGLU ------------------------------------------------------------------------ */
+
+/* g = silu(g) * up, 16 lanes, masked tail. silu(x) = x * s with
+ * s = 1 / (1 + e) for x >= 0 and e / (1 + e) below, e = exp(-|x|) <= 1, so
+ * the exponential never overflows (attn_exp16 is for arguments <= 0). */
+static void silu_mul(float *g, const float *up, int64_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 x = _mm512_maskz_loadu_ps(m, g + i);
+        const __m512 e = attn_exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)));
+        const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+        const __m512 s = _mm512_div_ps(_mm512_mask_mov_ps(one, neg, e), _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(g + i, m, _mm512_mul_ps(_mm512_mul_ps(x, s), _mm512_maskz_loadu_ps(m, up + i)));
+    }
+}
+
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -974,6 +991,7 @@ static void init(void) {
     t512.attn_lanes = AW;
     t512.attn_dec_f32 = attn_dec_f32;
     t512.attn_dec_f16 = attn_dec_f16;
+    t512.silu_mul = silu_mul;
     t512vnni = t512;
     t512vnni.name = "avx512vnni";
     t512vnni.gemm[PQ_TYPE_Q4_0] = gemm_q4_0_vnni;

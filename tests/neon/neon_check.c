@@ -239,6 +239,31 @@ static void check_attn(void) {
     }
 }
 
+/* SwiGLU's silu_mul: neon and scalar against float64, x over [-120, 120]
+ * (both signs of the exp-argument trick, and the range where exp underflows),
+ * n not a multiple of 4. */
+static void check_silu(void) {
+    enum { N = 203 };
+    static float g[N], u[N], out[N];
+    for (int i = 0; i < N; i++) {
+        g[i] = (float)(-120.0 + 240.0 * i / (N - 1)) * (i % 3 ? 0.05f : 1.0f);
+        u[i] = nrand();
+    }
+    const char *variants[] = {"neon", "scalar"};
+    for (int vi = 0; vi < 2; vi++) {
+        memcpy(out, g, sizeof out);
+        pq_kernel_silu_mul(variants[vi], out, u, N);
+        for (int i = 0; i < N; i++) {
+            const double x = g[i], ref = x / (1.0 + exp(-x)) * u[i];
+            checks++;
+            if (!(fabs(out[i] - ref) <= 1e-6 * fabs(ref) + 1e-30)) {
+                failures++;
+                printf("FAIL silu_mul %s at x=%.9g: %.9g vs %.9g\n", variants[vi], x, out[i], ref);
+            }
+        }
+    }
+}
+
 int main(void) {
     if (pq_kernels_select("neon") != PQ_OK) {
         printf("FAIL neon table not available (features: %s)\n", pq_cpu_features());
@@ -259,6 +284,7 @@ int main(void) {
     }
     check_vec();
     check_attn();
+    check_silu();
     printf("%s %d checks, %d failures\n", failures ? "FAILED" : "ok", checks, failures);
     return failures ? 1 : 0;
 }
