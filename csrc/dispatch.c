@@ -239,6 +239,19 @@ int pq_kernel_attn(const char *variant, int decode, int kv_type, int64_t hd, con
     return PQ_OK;
 }
 
+static _Thread_local void *scratch_p;
+static _Thread_local size_t scratch_n;
+
+void pq_gemm_scratch_set(void *p, size_t bytes) {
+    scratch_p = p;
+    scratch_n = p ? bytes : 0;
+}
+
+void *pq_gemm_scratch_get(size_t *bytes) {
+    *bytes = scratch_n;
+    return scratch_p;
+}
+
 int pq_kernel_silu_mul(const char *variant, float *g, const float *up, int64_t n) {
     pthread_once(&once, init);
     if (!g || !up || n < 0) return PQ_ERR_ARG;

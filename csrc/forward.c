@@ -30,6 +30,7 @@ enum { N_XQ = 3 }; /* quantized-input buffers: one per distinct partner type of 
 typedef struct {
     float *xb;                /* (n_priv, max(dim, q_dim, ffn_dim)) rmsnorm output */
     void *xq[N_XQ];           /* (n_priv, max_act_bytes) quantized matmul inputs */
+    void *gemm_scratch;       /* pq_gemm_scratch_bytes(wide, n_batch), see kernels.h */
 } pq_priv;
 
 struct pq_ctx {
@@ -51,6 +52,7 @@ struct pq_ctx {
     size_t att_stride;        /* floats: pq_attn_scratch_floats(n_ctx, head_dim), rounded */
     float *rope_cos, *rope_sin; /* (n_batch, rope_dim/2) per token of the batch */
     pq_priv *priv;            /* (n_threads) */
+    size_t gemm_scratch_bytes; /* of each priv[i].gemm_scratch */
     int n_threads;
 
     atomic_int cancel;        /* set by pq_ctx_cancel, cleared by the eval that sees it */
@@ -157,7 +159,7 @@ static void store_kv(void *dst, const float *src, int64_t n, int kv_type) {
 /* Every worker runs this once per pq_ctx_eval. Phases that read what other
  * workers wrote are separated by pq_pool_barrier: five per layer in decode,
  * up to eight in prefill (where staging the inputs is shared). */
-static void forward_worker(void *arg, int ith, int nth) {
+static void forward_body(void *arg, int ith, int nth) {
     pq_ctx *c = arg;
     const pq_model *m = c->m;
     const pq_hparams *hp = &m->hp;
@@ -308,6 +310,15 @@ static void forward_worker(void *arg, int ith, int nth) {
     matmul(&m->output, xq[0], xs, n_out, c->logits, hp->n_vocab, a, b);
 }
 
+/* The pool job: forward_body with this worker's GEMM scratch installed for
+ * the kernels (and removed again: the context may be freed next). */
+static void forward_worker(void *arg, int ith, int nth) {
+    pq_ctx *c = arg;
+    pq_gemm_scratch_set(c->priv[ith].gemm_scratch, c->gemm_scratch_bytes);
+    forward_body(arg, ith, nth);
+    pq_gemm_scratch_set(NULL, 0);
+}
+
 int pq_ctx_eval(pq_ctx *c, const int32_t *tokens, int32_t n, int32_t pos, float *logits,
                 int all_logits) {
     if (!c || !tokens || n <= 0 || n > c->n_batch || pos < 0) return PQ_ERR_ARG;
@@ -392,6 +403,11 @@ int pq_ctx_init(pq_ctx **out, pq_model *m, int32_t n_ctx, int32_t n_batch, int k
         for (int j = 0; j < N_XQ; j++)
             ok &= (c->priv[i].xq[j] = aligned_calloc(n_priv * m->max_act_bytes)) != NULL;
     }
+    /* Prompt-GEMM scratch (kernels.h), not cleared: pages are touched only by
+     * prompt batches, and only as far as the shapes need. */
+    c->gemm_scratch_bytes = pq_gemm_scratch_bytes((int64_t)wide, n_batch);
+    for (int i = 0; ok && i < c->n_threads && n_batch > 1; i++)
+        ok &= posix_memalign(&c->priv[i].gemm_scratch, 64, c->gemm_scratch_bytes) == 0;
     if (!ok) {
         pq_ctx_free(c);
         return PQ_ERR_NOMEM;
@@ -408,6 +424,7 @@ void pq_ctx_free(pq_ctx *c) {
     for (int i = 0; i < N_XQ; i++) free(c->xq[i]);
     for (int i = 0; c->priv && i < c->n_threads; i++) {
         free(c->priv[i].xb);
+        free(c->priv[i].gemm_scratch);
         for (int j = 0; j < N_XQ; j++) free(c->priv[i].xq[j]);
     }
     free(c->priv);

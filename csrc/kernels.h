@@ -71,6 +71,24 @@ typedef struct pq_kernels {
     void (*silu_mul)(float *g, const float *up, int64_t n);
 } pq_kernels;
 
+/* Per-thread scratch for kernels that re-lay their operands (the x86
+ * interleaved prompt GEMMs). forward.c hands each pool worker a buffer of
+ * pq_gemm_scratch_bytes(widest row, n_batch) for the duration of an eval, so
+ * evaluation allocates nothing; a kernel that finds none, or one too small
+ * (the test hooks), allocates its own for the call and frees it.
+ * The bound: a weight tile of at most 64 KiB plus packed activations of at
+ * most PQ_GEMM_XBUDGET bytes (a share of L3, see x86_prefill.h) plus one
+ * group of up to 16 tokens, at 40 bytes per token per 32-column block. */
+#define PQ_GEMM_XBUDGET (4u << 20)
+static inline size_t pq_gemm_scratch_bytes(int64_t max_cols, int64_t n_batch) {
+    const size_t per_tok = (size_t)(max_cols / 32 + 1) * 40;
+    size_t x = (size_t)n_batch * per_tok;
+    if (x > PQ_GEMM_XBUDGET) x = PQ_GEMM_XBUDGET;
+    return (64u << 10) + x + 16 * per_tok + 64;
+}
+void pq_gemm_scratch_set(void *p, size_t bytes); /* this thread's; NULL: none */
+void *pq_gemm_scratch_get(size_t *bytes);
+
 /* The active table; set by dispatch before any model is built. */
 const pq_kernels *pq_kernels_get(void);
 

@@ -189,7 +189,10 @@ AI int64_t gemm_tiles(const int kind, int64_t cols, const char *W, size_t ws, co
     const size_t tile_bytes = (size_t)KB * pb;
     const int64_t tpass = token_pass(nb, n_tok), ngroups = (tpass + TT - 1) / TT;
     const size_t bytes = tile_bytes + (size_t)ngroups * nb * xpack_block_bytes();
-    char *mem = aligned_alloc(64, (bytes + 63) & ~(size_t)63); /* C11: a multiple of the alignment */
+    size_t have;
+    char *mem = pq_gemm_scratch_get(&have); /* the eval's, 64-byte aligned */
+    const int own = !mem || have < bytes;
+    if (own) mem = aligned_alloc(64, (bytes + 63) & ~(size_t)63); /* C11: a multiple of the alignment */
     if (!mem) return r0; /* the caller's own tiles do the rows */
     char *buf = mem, *xpk = mem + tile_bytes;
     for (int64_t t0 = 0; t0 < n_tok; t0 += tpass) {
@@ -207,7 +210,7 @@ AI int64_t gemm_tiles(const int kind, int64_t cols, const char *W, size_t ws, co
             }
         }
     }
-    free(mem);
+    if (own) free(mem);
     return r0 + ntiles * RT;
 }
 

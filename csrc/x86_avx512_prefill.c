@@ -230,7 +230,10 @@ AI int64_t gemm_tiles(const int kind, const int vnni, int64_t cols, const char *
     const size_t tile_bytes = (size_t)KB * pb;
     const int64_t tpass = token_pass(nb, n_tok), ngroups = (tpass + TT - 1) / TT;
     const size_t x_bytes = (size_t)ngroups * nb * xpack_block_bytes();
-    char *mem = aligned_alloc(64, (tile_bytes + x_bytes + 63) & ~(size_t)63); /* C11: a multiple of 64 */
+    size_t have;
+    char *mem = pq_gemm_scratch_get(&have); /* the eval's, 64-byte aligned */
+    const int own = !mem || have < tile_bytes + x_bytes;
+    if (own) mem = aligned_alloc(64, (tile_bytes + x_bytes + 63) & ~(size_t)63); /* C11: a multiple of 64 */
     if (!mem) return r0; /* the caller's own tiles do the rows */
     char *buf = mem, *xpk = mem + tile_bytes;
     const __m512i rowoff = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -250,7 +253,7 @@ AI int64_t gemm_tiles(const int kind, const int vnni, int64_t cols, const char *
             }
         }
     }
-    free(mem);
+    if (own) free(mem);
     return r0 + ntiles * RT;
 }
 

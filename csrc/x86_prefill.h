@@ -30,7 +30,7 @@ AI size_t xpack_block_bytes(void) { return (size_t)TT * 40; }
  * L3), GFLOP/s: no limit 147 (the activations fell out of L3), 256 KiB 209,
  * 1 MiB 250, 2 MiB 274, 4 MiB 290, 8 MiB 298 (avx2: 4 MiB best, 180). */
 #ifndef PQ_PF_XBUDGET
-#define PQ_PF_XBUDGET (4u << 20)
+#define PQ_PF_XBUDGET PQ_GEMM_XBUDGET /* kernels.h: the scratch forward.c sizes */
 #endif
 AI int64_t token_pass(int64_t nb, int64_t n_tok) {
     int64_t c = (int64_t)(PQ_PF_XBUDGET / ((size_t)nb * xpack_block_bytes())) / TT * TT;
