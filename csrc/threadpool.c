@@ -64,7 +64,7 @@ enum {
     SPINS_BEFORE_YIELD = 1 << 10, /* pause-loops before sched_yield in waits */
     IDLE_SPINS = 1 << 14,         /* polls after a job before sleeping */
     CLOCK_EVERY = 16,             /* pauses between clock reads in a barrier wait */
-    MIN_SPIN_NS = 1000            /* the adaptive barrier spin never drops below */
+    MIN_SPIN_NS = 8000            /* the adaptive barrier spin never drops below */
 };
 
 /* The most a barrier waiter spins before it sleeps on the futex, in ns
@@ -138,15 +138,21 @@ void pq_pool_barrier(pq_pool *p) {
      * sleep. Sleepers are counted before re-checking the generation, both
      * seq_cst, so the last arrival either sees a sleeper and wakes it or the
      * sleeper sees the new generation.
-     * The spin budget adapts: a wait that ends while spinning grows it
-     * (towards barrier_spin_max_ns), a wait that runs out halves it. On an
+     * The spin budget adapts: a wait that ends while spinning doubles it
+     * (up to barrier_spin_max_ns), a wait that runs out halves it (down to
+     * MIN_SPIN_NS, about the old fixed 256 pauses). On an
      * idle machine waits end within the budget and spinning avoids a futex
      * wake-up (~10-50 us) per barrier; on an oversubscribed one the worker
      * being waited for may not be running at all, and spinning only delays
      * it, so the budget shrinks. Measured SmolLM2-135M Q4_0 decode, 2 threads,
      * C loop: idle machine, fixed 8 us 4.9-5.3 ms/token, fixed 30 us 4.4-4.5;
      * with two busy processes on the 2 cores, fixed 8 us 8.2-9.6, fixed 30 us
-     * 11.4-11.6. */
+     * 11.4-11.6. A first adaptive rule (grow by 1/8, floor 1 us) collapsed on
+     * the idle machine: one timeout undid six successes, the budget sank to
+     * ~1 us, and 2-thread decode slept in the futex (CPU share 0.54-0.75,
+     * slower than 1 thread). Doubling with an 8 us floor: idle 3.6-3.9
+     * ms/token, CPU share 0.98; with two busy processes 7.4-11.6 (fixed 8 us
+     * 7.4-8.3). */
     long budget = atomic_load_explicit(&p->spin_ns, memory_order_relaxed), deadline = 0;
     for (unsigned spins = 0; atomic_load_explicit(&p->bar_gen, memory_order_acquire) == gen;) {
         cpu_relax();
@@ -162,7 +168,7 @@ void pq_pool_barrier(pq_pool *p) {
             return;
         }
     }
-    long max = barrier_spin_max_ns(), grown = budget + budget / 8 + 200;
+    long max = barrier_spin_max_ns(), grown = 2 * budget;
     if (budget < max) atomic_store_explicit(&p->spin_ns, grown < max ? grown : max, memory_order_relaxed);
 }
 
