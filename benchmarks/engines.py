@@ -222,6 +222,9 @@ class PyllamaQ:
         if getattr(self, "api_model", None) is None:
             self.api_model = pyllama_q.load(self.path, n_threads=self.n_threads,
                                             n_ctx=self.kv.n_ctx)
+            # warm-up, untimed: the new mapping's page faults, as decode() had
+            with self.api_model.session() as s:
+                list(s.generate(tokens=[int(first)], max_tokens=2, temperature=0))
         m = self.api_model
         # never stop early at an end-of-generation token: n tokens, like decode()
         bias = {int(i): -1e30 for i in m.tokenizer.eog_ids}
