@@ -64,25 +64,20 @@ enum {
     SPINS_BEFORE_YIELD = 1 << 10, /* pause-loops before sched_yield in waits */
     IDLE_SPINS = 1 << 14,         /* polls after a job before sleeping */
     CLOCK_EVERY = 16,             /* pauses between clock reads in a barrier wait */
-    MIN_SPIN_NS = 8000            /* the adaptive barrier spin never drops below */
+    MIN_SPIN_NS = 8000            /* the adaptive barrier spin's floor (or the ceiling, if lower) */
 };
 
 /* The most a barrier waiter spins before it sleeps on the futex, in ns
- * (PQ_BARRIER_SPIN_US overrides, for tuning). A time, not a pause count:
- * one pause costs ~10 cycles on some CPUs and ~140 on others. The budget
- * actually used adapts below this (see pq_pool_barrier). */
+ * (PQ_BARRIER_SPIN_US overrides, for tuning), read once per pool. A time,
+ * not a pause count: one pause costs ~10 cycles on some CPUs and ~140 on
+ * others. The budget actually used adapts below this (see pq_pool_barrier). */
 static long barrier_spin_max_ns(void) {
-    static atomic_long cached = -1;
-    long v = atomic_load(&cached);
-    if (v < 0) {
-        v = DEFAULT_BARRIER_SPIN_US * 1000L;
-        const char *env = getenv("PQ_BARRIER_SPIN_US");
-        if (env && *env) {
-            char *end;
-            long us = strtol(env, &end, 10);
-            if (*end == 0 && us >= 0 && us <= 1000000) v = us * 1000L;
-        }
-        atomic_store(&cached, v);
+    long v = DEFAULT_BARRIER_SPIN_US * 1000L;
+    const char *env = getenv("PQ_BARRIER_SPIN_US");
+    if (env && *env) {
+        char *end;
+        long us = strtol(env, &end, 10);
+        if (*end == 0 && us >= 0 && us <= 1000000) v = us * 1000L;
     }
     return v;
 }
@@ -121,6 +116,7 @@ struct pq_pool {
     atomic_uint bar_gen;
     atomic_int bar_sleepers;     /* waiters asleep on the bar_gen futex */
     atomic_long spin_ns;         /* current spin budget of a barrier wait */
+    long spin_max_ns, spin_min_ns; /* its bounds, fixed at init */
 };
 
 void pq_pool_barrier(pq_pool *p) {
@@ -140,7 +136,7 @@ void pq_pool_barrier(pq_pool *p) {
      * sleeper sees the new generation.
      * The spin budget adapts: a wait that ends while spinning doubles it
      * (up to barrier_spin_max_ns), a wait that runs out halves it (down to
-     * MIN_SPIN_NS, about the old fixed 256 pauses). On an
+     * spin_min_ns: MIN_SPIN_NS, about the old fixed 256 pauses). On an
      * idle machine waits end within the budget and spinning avoids a futex
      * wake-up (~10-50 us) per barrier; on an oversubscribed one the worker
      * being waited for may not be running at all, and spinning only delays
@@ -160,7 +156,7 @@ void pq_pool_barrier(pq_pool *p) {
         long t = now_ns();
         if (!deadline) deadline = t + budget;
         if (t >= deadline) {
-            long shrunk = budget / 2 > MIN_SPIN_NS ? budget / 2 : MIN_SPIN_NS;
+            long shrunk = budget / 2 > p->spin_min_ns ? budget / 2 : p->spin_min_ns;
             atomic_store_explicit(&p->spin_ns, shrunk, memory_order_relaxed);
             atomic_fetch_add(&p->bar_sleepers, 1);
             while (atomic_load(&p->bar_gen) == gen) futex_wait(&p->bar_gen, gen);
@@ -168,8 +164,9 @@ void pq_pool_barrier(pq_pool *p) {
             return;
         }
     }
-    long max = barrier_spin_max_ns(), grown = 2 * budget;
-    if (budget < max) atomic_store_explicit(&p->spin_ns, grown < max ? grown : max, memory_order_relaxed);
+    if (budget < p->spin_max_ns)
+        atomic_store_explicit(&p->spin_ns, 2 * budget < p->spin_max_ns ? 2 * budget : p->spin_max_ns,
+                              memory_order_relaxed);
 }
 
 static void *worker_main(void *varg) {
@@ -252,7 +249,10 @@ int pq_pool_init(pq_pool **out, int n_threads) {
     }
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
-    atomic_init(&p->spin_ns, barrier_spin_max_ns());
+    /* a ceiling below the floor (PQ_BARRIER_SPIN_US < 8) lowers the floor too */
+    p->spin_max_ns = barrier_spin_max_ns();
+    p->spin_min_ns = p->spin_max_ns < MIN_SPIN_NS ? p->spin_max_ns : MIN_SPIN_NS;
+    atomic_init(&p->spin_ns, p->spin_max_ns);
     for (int i = 1; i < n_threads; i++) {
         p->workers[i].pool = p;
         p->workers[i].ith = i;
