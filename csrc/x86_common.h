@@ -19,10 +19,11 @@ static inline int64_t pq_token_chunk(size_t x_stride, int64_t n_tok) {
  * that w + r*ws + distance is row r of a later tile at the same column (rows
  * are contiguous). Measured 16, 32 and 64 KiB and 2-4 tiles on 576- and
  * 4096-column matrices (avx512vnni, Zen 4); 64 KiB was as good as any. */
-static inline size_t pq_prefetch_ahead(int R, size_t ws) {
-    const size_t tile = (size_t)R * ws, ahead = 64u << 10;
+static inline size_t pq_prefetch_tiles(int R, size_t ws, size_t ahead) {
+    const size_t tile = (size_t)R * ws;
     return tile ? (ahead + tile - 1) / tile * tile : ahead;
 }
+static inline size_t pq_prefetch_ahead(int R, size_t ws) { return pq_prefetch_tiles(R, ws, 64u << 10); }
 
 /* The same, about 16 KiB ahead, for decode kernels that also never prefetch
  * past the end of their call's rows. In a decode step the matrices are used
@@ -33,8 +34,7 @@ static inline size_t pq_prefetch_ahead(int R, size_t ws) {
  * matrices called in a scattered order: 64 KiB unclamped 9-21 GB/s, clamped
  * 10-22, clamped at 16 KiB 14-26; SmolLM2-135M Q4_0 decode ~10 % faster. */
 static inline size_t pq_prefetch_ahead_clamped(int R, size_t ws) {
-    const size_t tile = (size_t)R * ws, ahead = 16u << 10;
-    return tile ? (ahead + tile - 1) / tile * tile : ahead;
+    return pq_prefetch_tiles(R, ws, 16u << 10);
 }
 
 /* Prompt-batch GEMMs with row-interleaved weight tiles built on the fly
