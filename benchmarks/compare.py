@@ -1,6 +1,6 @@
 """compare.py: pyllama-q against llama.cpp, side by side, in one run.
 
-    python -m benchmarks.compare [MODEL ...] [--threads 1,2] [--reps 3] [--md OUT.md]
+    python -m benchmarks.compare [MODEL ...] [--threads 1,2] [--reps 3] [--rounds 2] [--md OUT.md]
 
 MODEL is a .gguf path or a name from benchmarks.make_models (made on first
 use); no MODEL means the standard set (re-quantized SmolLM2-135M, random
@@ -15,6 +15,13 @@ median tokens/s, the load time and the peak RSS of that process. pyllama-q
 also runs the tg loop inside C (pq_ctx_bench_decode) to show the Python cost.
 A STREAM-like read test gives the memory bandwidth, and bandwidth / bytes of
 weights read per token gives the decode roofline each engine is held against.
+
+The machine's speed drifts (on a shared VM the read bandwidth was seen to move
+between 20 and 50 GB/s within minutes), so the engines are measured in ROUNDS
+that alternate their order (pq first, then llama.cpp first, ...), the read
+test runs right before each round, and a ratio is the median of the per-round
+ratios: each compares two measurements taken a minute apart, not two taken
+at either end of the run.
 
 What it is not: a test. It asserts nothing about speed; it prints numbers.
 """
@@ -212,6 +219,55 @@ def run_one(engine, path, threads, pp, tg, reps, timeout):
             "error": f"worker failed (exit {r.returncode}): {last}"}
 
 
+LIST_KEYS = ("pp_s", "pp_cpu_share", "tg_s", "tg_cpu_share", "tg_in_c_s", "tgc_s",
+             "tgc_cpu_share", "api_tok_s", "api_c_tok_s")
+
+
+def merge_rounds(results):
+    """One result from the worker results of several rounds of one engine:
+    timing lists concatenated, load and first-eval times the median over the
+    rounds, peak RSS the largest; the first round's error, if any round failed."""
+    for r in results:
+        if "error" in r:
+            return dict(r)
+    out = dict(results[0])
+    for k in LIST_KEYS:
+        if any(k in r for r in results):
+            out[k] = [x for r in results for x in r.get(k, [])]
+    for k in ("load_s", "first_eval_s"):
+        xs = [r[k] for r in results if r.get(k) is not None]
+        if xs:
+            out[k] = statistics.median(xs)
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in results)
+    for k in ("tgc_same_tokens", "api_same_tokens"):
+        if any(k in r for r in results):
+            out[k] = all(r.get(k, True) for r in results)
+    out["rounds"] = len(results)
+    return out
+
+
+def round_ratios(row, key, n):
+    """Per round: pq's median tokens/s over llama.cpp's, for key 'pp_s' or 'tg_s'."""
+    out = []
+    for rnd in row.get("rounds", []):
+        a, b = rnd.get("pq", {}), rnd.get("llama.cpp", {})
+        r = _ratio(_median_tps(a, key, n), _median_tps(b, key, n))
+        if r is not None:
+            out.append(r)
+    return out
+
+
+def roofline_pct(row, engine):
+    """Median over rounds of an engine's tg weight bytes/s over the best read
+    bandwidth measured right before that round, in %."""
+    out = []
+    for rnd, bw in zip(row.get("rounds", []), row.get("bw_rounds", [])):
+        tps = _median_tps(rnd.get(engine, {}), "tg_s", row["tg"])
+        if tps and bw:
+            out.append(100 * tps * row["wbytes"] / (bw[0] * 1e9))
+    return statistics.median(out) if out else None
+
+
 def _median_tps(res, key, n):
     ts = res.get(key)
     return n / statistics.median(ts) if ts else None
@@ -262,8 +318,9 @@ def report(meta, rows, bw):
     L.append(f"- command: `{meta['command']}`")
     L.append(f"- wall time of the run: {meta['wall_s']:.0f} s")
     if bw:
-        L.append("- read bandwidth (stream_read.c, 512 MiB, measured before every model; best of "
-                 "5 / median of those 5, from the measurement with the highest best): " + "; ".join(
+        L.append("- read bandwidth (stream_read.c, 512 MiB, measured before every round; best of "
+                 "5 / median of those 5, from the measurement with the highest best; '% roofline' "
+                 "uses the best of the measurement right before each round): " + "; ".join(
             f"{t} thread{'s' if t > 1 else ''}: {b:.1f} / {m:.1f} GB/s" for t, (b, m) in bw.items()))
     L.append("")
     L.append("| model | weights/token | thr | engine | load + 1st eval s | peak RSS MB | pp t/s | tg t/s "
@@ -272,13 +329,14 @@ def report(meta, rows, bw):
     for row in rows:
         m, thr, pp, tg = row["model"], row["threads"], row["pp"], row["tg"]
         roof = bw[thr][0] * 1e9 / row["wbytes"] if bw and thr in bw else None
+        n_rounds = len(row.get("rounds", [])) or 1
         by = row["by_engine"]
         stats = {}
         for eng in ENGINE_ORDER:
             res = by.get(eng)
             if res is None:
                 continue
-            label = f"{m} (pp{pp}/tg{tg}, {row['reps']} reps)"
+            label = f"{m} (pp{pp}/tg{tg}, {row['reps']} reps x {n_rounds} rounds)"
             head = f"| {label} | {row['wbytes'] / 1e6:.0f} MB | {thr} | {eng} "
             if "error" in res:
                 L.append(head + "| " + res["error"] + " |" * 12)
@@ -288,22 +346,40 @@ def report(meta, rows, bw):
                 "pp": _median_tps(res, "pp_s", pp), "tg": _median_tps(res, "tg_s", tg),
                 "ppn": _per_cpu_tps(res, "pp", pp), "tgn": _per_cpu_tps(res, "tg", tg)}
             first = res.get("first_eval_s")
+            pct = roofline_pct(row, eng)
+            if pct is None and roof:   # a saved run from before rounds: the run's best
+                pct = 100 * st["tg"] / roof if st["tg"] else None
             L.append(head + f"| {st['load']:.2f}{'' if first is None else f' + {first:.2f}'} "
                      f"| {st['rss']:.0f} | {_fmt(st['pp'])} "
                      f"| {_fmt(st['tg'])} | {_fmt(st['ppn'])} | {_fmt(st['tgn'])} "
-                     f"| {_fmt(_ratio(st['tg'], roof) and 100 * _ratio(st['tg'], roof), '.0f')} "
+                     f"| {_fmt(pct, '.0f')} "
                      f"| {_fmt(_median_tps(res, 'tgc_s', tg))} "
                      f"| {_fmt(_median(res.get('pp_cpu_share')), '.2f')}/"
                      f"{_fmt(_median(res.get('tg_cpu_share')), '.2f')} |")
         if len(stats) == 2:
             a, b = stats["pq"], stats["llama.cpp"]
+            rat = {k: _ratio(a[k], b[k]) for k in ("load", "rss", "pp", "tg", "ppn", "tgn")}
+            for k, key, n in (("pp", "pp_s", pp), ("tg", "tg_s", tg)):
+                rr = round_ratios(row, key, n)
+                if rr:   # the median of per-round ratios (see the module docstring)
+                    rat[k] = statistics.median(rr)
             L.append(f"| {m} | | {thr} | **pq / llama.cpp** | " + " | ".join(
-                _fmt(_ratio(a[k], b[k]), ".2f") for k in ("load", "rss", "pp", "tg", "ppn", "tgn"))
+                _fmt(rat[k], ".2f") for k in ("load", "rss", "pp", "tg", "ppn", "tgn"))
                 + " | | | |")
     L.append("")
-    # Python overhead and agreement of the greedy continuations.
+    # Per-round ratios, Python overhead and agreement of the greedy continuations.
     notes = []
     for row in rows:
+        if len(row.get("rounds", [])) > 1:
+            parts = []
+            for k, key, n in (("pp", "pp_s", row["pp"]), ("tg", "tg_s", row["tg"])):
+                rr = round_ratios(row, key, n)
+                if rr:
+                    parts.append(f"{k} " + ", ".join(f"{r:.2f}" for r in rr))
+            bws = ", ".join(f"{b:.1f}" for b, _ in row.get("bw_rounds", []))
+            notes.append(f"- {row['model']}, {row['threads']} thr: pq / llama.cpp per round: "
+                         + "; ".join(parts) + (f" (read bandwidth before each round, best of 5: "
+                                               f"{bws} GB/s)" if bws else ""))
         a, b = row["by_engine"].get("pq", {}), row["by_engine"].get("llama.cpp", {})
         if a.get("tg_s") and a.get("tgc_s"):
             tg, thr = row["tg"], row["threads"]
@@ -360,6 +436,8 @@ def main(argv=None):
                     help="prompt tokens in the one batch (default by file size, see TIERS)")
     ap.add_argument("--tg", type=int, default=None, help="tokens generated one at a time")
     ap.add_argument("--reps", type=int, default=None, help="runs per measurement")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="rounds per model and thread count, engine order alternating")
     ap.add_argument("--engines", default="pq,llama.cpp")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per worker")
     ap.add_argument("--md", help="also write the markdown report to this file")
@@ -368,6 +446,8 @@ def main(argv=None):
     ap.add_argument("--report-from", metavar="JSON", help="print the report of a saved --json run")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
 
     if args.report_from:
         with open(args.report_from) as f:
@@ -401,31 +481,38 @@ def main(argv=None):
         reps = args.reps if args.reps is not None else reps
         warm_page_cache(path)
         wbytes = weight_bytes_per_token(path)
-        if not args.no_stream:   # the machine's load changes: keep the best seen in the run
-            for t, (b, m) in stream_bandwidth(threads).items():
-                if b > bw[t][0]:
-                    bw[t] = (b, m)
         for thr in threads:
             row = {"model": name, "path": path, "threads": thr, "pp": pp, "tg": tg,
-                   "reps": reps, "wbytes": wbytes, "by_engine": {}}
+                   "reps": reps, "wbytes": wbytes, "by_engine": {}, "rounds": [],
+                   "bw_rounds": []}
+            for rnd in range(args.rounds):
+                if not args.no_stream:   # right before the round: the machine drifts
+                    b, m = stream_bandwidth([thr])[thr]
+                    row["bw_rounds"].append((b, m))
+                    if b > bw[thr][0]:   # the header keeps the best seen in the run
+                        bw[thr] = (b, m)
+                order = engines if rnd % 2 == 0 else engines[::-1]
+                results = {}
+                for eng in order:
+                    t0 = time.time()
+                    res = results[eng] = run_one(eng, path, thr, pp, tg, reps, args.timeout)
+                    if "system_info" in res:
+                        meta["lcp_system_info"] = res["system_info"]
+                    if "version" in res:
+                        meta["lcp_version" if eng == "llama.cpp" else "pq_kernels"] = (
+                            res["version"] if eng == "llama.cpp" else res.get("kernels"))
+                    if "error" in res:
+                        msg = res["error"]
+                    else:
+                        msg = (f"pp {_fmt(_median_tps(res, 'pp_s', pp))} t/s, "
+                               f"tg {_fmt(_median_tps(res, 'tg_s', tg))} t/s, "
+                               f"CPU share pp {_fmt(_median(res.get('pp_cpu_share')), '.2f')} "
+                               f"tg {_fmt(_median(res.get('tg_cpu_share')), '.2f')}")
+                    print(f"{name} thr={thr} round {rnd + 1}/{args.rounds} {eng}: {msg} "
+                          f"({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+                row["rounds"].append(results)
             for eng in engines:
-                t0 = time.time()
-                res = run_one(eng, path, thr, pp, tg, reps, args.timeout)
-                row["by_engine"][eng] = res
-                if "system_info" in res:
-                    meta["lcp_system_info"] = res["system_info"]
-                if "version" in res:
-                    meta["lcp_version" if eng == "llama.cpp" else "pq_kernels"] = (
-                        res["version"] if eng == "llama.cpp" else res.get("kernels"))
-                if "error" in res:
-                    msg = res["error"]
-                else:
-                    msg = (f"pp {_fmt(_median_tps(res, 'pp_s', pp))} t/s, "
-                           f"tg {_fmt(_median_tps(res, 'tg_s', tg))} t/s, "
-                           f"CPU share pp {_fmt(_median(res.get('pp_cpu_share')), '.2f')} "
-                           f"tg {_fmt(_median(res.get('tg_cpu_share')), '.2f')}")
-                print(f"{name} thr={thr} {eng}: {msg} ({time.time() - t0:.0f} s)",
-                      file=sys.stderr, flush=True)
+                row["by_engine"][eng] = merge_rounds([r[eng] for r in row["rounds"]])
             rows.append(row)
             if args.json:   # written after every row, so an interrupted run keeps its data
                 with open(args.json, "w") as f:

@@ -102,3 +102,52 @@ def test_requantized_sample_matches_source(sample_model, tmp_path):
         err = np.abs(a - b).reshape(-1, 32)
         assert (err <= 0.5625 * d + 1e-7).all(), name
     assert dst["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+
+
+def _worker_result(engine, pp_s, tg_s, load=0.5, rss=100.0):
+    return {"engine": engine, "threads": 2, "load_s": load, "first_eval_s": 0.1,
+            "peak_rss_mb": rss, "pp_s": pp_s, "pp_cpu_share": [1.0] * len(pp_s),
+            "tg_s": tg_s, "tg_cpu_share": [1.0] * len(tg_s)}
+
+
+def test_compare_rounds_ratio_is_median_of_per_round_ratios():
+    """The machine drifts between rounds: per round pq is 3.0x, 1.5x and 2.5x
+    its peer (median 2.5), while the pooled medians of all runs would give
+    1.5. The reported ratio must be the per-round median."""
+    from benchmarks import compare
+
+    def rnd(pq_s, ll_s, pq_load=0.5, ll_rss=200.0):
+        return {"pq": _worker_result("pq", [pq_s, pq_s], [pq_s, pq_s], load=pq_load),
+                "llama.cpp": _worker_result("llama.cpp", [ll_s, ll_s], [ll_s, ll_s], rss=ll_rss)}
+
+    # wbytes 1e9 and tg 10: a 1 s tg run is 10 t/s, 10 GB/s of weights
+    row = {"model": "m", "threads": 2, "pp": 100, "tg": 10, "reps": 2, "wbytes": 1e9,
+           "rounds": [rnd(1.0, 3.0), rnd(2.0, 3.0, pq_load=0.7, ll_rss=210.0), rnd(2.0, 5.0)],
+           "bw_rounds": [(20.0, 19.0), (10.0, 9.0), (10.0, 9.0)]}
+    assert compare.round_ratios(row, "tg_s", 10) == pytest.approx([3.0, 1.5, 2.5])
+    assert compare.round_ratios(row, "pp_s", 100) == pytest.approx([3.0, 1.5, 2.5])
+    # pq: 10 t/s at 20 GB/s, then 5 t/s at 10 GB/s twice: 50 % every round
+    assert compare.roofline_pct(row, "pq") == pytest.approx(50.0)
+    # llama.cpp: 10/3 t/s at 20 GB/s (16.7 %), 10/3 at 10 (33.3 %), 2 at 10 (20 %)
+    assert compare.roofline_pct(row, "llama.cpp") == pytest.approx(20.0)
+
+    merged = compare.merge_rounds([r["llama.cpp"] for r in row["rounds"]])
+    assert merged["tg_s"] == [3.0, 3.0, 3.0, 3.0, 5.0, 5.0]
+    assert merged["peak_rss_mb"] == 210.0 and merged["rounds"] == 3
+    row["by_engine"] = {e: compare.merge_rounds([r[e] for r in row["rounds"]])
+                        for e in ("pq", "llama.cpp")}
+    text = compare.report({"date": "d", "cpu": "c", "n_cpus": 2, "loadavg": "0", "commit": "x",
+                           "command": "c", "wall_s": 1.0}, [row], {2: (20.0, 19.0)})
+    ratio_line = next(line for line in text.splitlines() if "**pq / llama.cpp**" in line)
+    cells = [c.strip() for c in ratio_line.split("|")]
+    # load (medians 0.5 / 0.5), peak RSS (100 / 210), then pp and tg from the rounds
+    assert cells[5:9] == ["1.00", "0.48", "2.50", "2.50"]
+    assert "tg 3.00, 1.50, 2.50" in text
+
+
+def test_compare_merge_keeps_a_failed_round():
+    from benchmarks import compare
+
+    ok = _worker_result("pq", [1.0], [1.0])
+    bad = {"engine": "pq", "threads": 2, "error": "timed out after 600 s"}
+    assert compare.merge_rounds([ok, bad])["error"] == "timed out after 600 s"
