@@ -121,3 +121,39 @@ def test_top_k_selection_matches_full_argsort(k):
         assert len(got) == k and len(set(got.tolist())) == k
         # the k-th largest value is the same (ties may pick different ids)
         np.testing.assert_array_equal(np.sort(x[got]), np.sort(x)[-k:])
+
+
+def _greedy_general(s, x, history=()):
+    ids, _ = s.candidates(x, history)   # the general path: copy, bias, penalty, argmax
+    return int(ids[0])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_greedy_shortcut_matches_general_path(seed):
+    """sample() takes a shortcut for greedy (no copy of the logits); it must
+    pick what the general path picks, including ties (lowest id wins), a
+    biased raw argmax, biases that overtake, ids out of range and NaN."""
+    rng = np.random.default_rng(seed)
+    n = 257
+    x = rng.integers(-4, 5, n).astype(np.float32)   # small integers: many ties
+    top = int(np.argmax(x))
+    cases = [{}, {top: -1e30}, {top: -0.5}, {3: 100.0}, {int(np.argsort(-x)[1]): 0.0},
+             {5: float(x[top] - x[5])},                # lands exactly on the max: a tie
+             {n + 7: 50.0, -1: 50.0}, {7: 1e40}, {9: float("-inf")},
+             {int(i): float(rng.normal()) for i in rng.integers(0, n, 12)}]
+    for bias in cases:
+        for pen in (1.0, 1.3):
+            s = Sampler(SamplerParams(temperature=0, logit_bias=bias, repeat_penalty=pen))
+            hist = [top, 3, 5]
+            with np.errstate(over="ignore"):
+                want = _greedy_general(s, x, hist)
+                got = s.sample(x, hist)
+            assert got == want, (bias, pen)
+    y = x.copy()
+    y[11] = np.nan   # np.argmax returns the first NaN; both paths must agree
+    s = Sampler(SamplerParams(temperature=0, logit_bias={2: 1.0}))
+    assert s.sample(y) == _greedy_general(s, y) == 11
+    # the shortcut must not modify the caller's logits
+    z = x.copy()
+    Sampler(SamplerParams(temperature=0, logit_bias={1: 3.0})).sample(z)
+    assert np.array_equal(z, x)
