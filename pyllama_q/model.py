@@ -236,34 +236,45 @@ class KVContext(OwnsC):
         return lib.pq_ctx_kv_bytes(self._ptr) if self._ptr is not None else 0
 
     def eval(self, tokens, pos, all_logits=False):
+        # Kept lean: in a decode loop this runs once per token right after
+        # the step has streamed the weights through the caches, when every
+        # numpy call is slow (cold), so one-token lists skip numpy entirely.
         if self._ptr is None:
             raise ValueError("KVContext is closed")
-        toks = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
-        n, n_vocab = len(toks), self.weights.n_vocab
+        n_vocab = self.weights.n_vocab
+        if type(tokens) is list and len(tokens) <= 16:
+            toks = [int(t) for t in tokens]
+            bad = [t for t in toks if not 0 <= t < n_vocab]
+            tp = ffi.new("int32_t[]", toks) if toks and not bad else None
+        else:
+            toks = np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)
+            bad = toks[(toks < 0) | (toks >= n_vocab)]
+            tp = ffi.from_buffer("int32_t[]", toks) if len(toks) else None
+        n = len(toks)
         if n == 0:
             raise ValueError("KVContext.eval: no tokens")
         if pos < 0:
             raise ValueError(f"KVContext.eval: negative position {pos}")
-        bad = (toks < 0) | (toks >= n_vocab)
-        if bad.any():
-            raise ValueError(f"KVContext.eval: token id {int(toks[bad][0])} is outside the "
+        if len(bad):
+            raise ValueError(f"KVContext.eval: token id {int(bad[0])} is outside the "
                              f"vocabulary (0..{n_vocab - 1})")
         if pos + n > self.n_ctx:
             from .errors import ContextFullError
             raise ContextFullError(f"KVContext.eval: positions {pos}..{pos + n - 1} do not fit "
                                    f"the context of {self.n_ctx}")
         out = np.empty((n if all_logits else 1, n_vocab), dtype=np.float32)
-        tp = ffi.cast("int32_t *", toks.ctypes.data)
+        op = ffi.from_buffer("float[]", out)
         for i in range(0, n, self.n_batch):
             m = min(self.n_batch, n - i)
             if all_logits:
-                dst = ffi.cast("float *", out[i:].ctypes.data)
+                dst = op + i * n_vocab
             elif i + m == n:
-                dst = ffi.cast("float *", out.ctypes.data)
+                dst = op
             else:
                 dst = ffi.NULL  # no logits wanted from this chunk
-            check(lib.pq_ctx_eval(self._ptr, tp + i, m, pos + i, dst, 1 if all_logits else 0),
-                  "KVContext.eval")
+            st = lib.pq_ctx_eval(self._ptr, tp + i, m, pos + i, dst, 1 if all_logits else 0)
+            if st:
+                check(st, "KVContext.eval")
         return out if all_logits else out[0]
 
     def cancel(self):
