@@ -32,6 +32,12 @@
 #ifndef PQ_ATTN_COMMON_H
 #define PQ_ATTN_COMMON_H
 
+/* The arguments of a pq_attn_fn (kernels.h), and passing them on. */
+#define ATTN_ARGS int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok, int64_t n_past, \
+                  const void *K, const void *V, int64_t kv_ld, float scale, float *O, int64_t o_ld, \
+                  float *scratch
+#define ATTN_PASS hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch
+
 /* ---- blocked causal attention (prefill) -------------------------------------------- */
 
 /* One register lane per query row: scores, softmax and the weighted sum of
@@ -42,6 +48,11 @@
  * S (NC, n_keys, AW), Q^T and O^T (NC, hd, AW), sum (NC, AW) and a spare
  * (NC, AW), rows (PQ_ATTN_KEY_CHUNK, hd). */
 enum { NC = PQ_ATTN_LANES_MAX / AW };
+
+/* Keys of chunk [c0, c0 + PQ_ATTN_KEY_CHUNK) below n. */
+AI int64_t attn_chunk_keys(int64_t n, int64_t c0) {
+    return n - c0 < PQ_ATTN_KEY_CHUNK ? n - c0 : PQ_ATTN_KEY_CHUNK;
+}
 
 /* Rows [p0, p0 + kn) of one cache head as f32 rows, stride in *ld. */
 AI const float *attn_rows_f32(const int f16, const void *X, int64_t x_ld, int64_t p0, int64_t kn,
@@ -80,11 +91,10 @@ AI void attn_group(const int f16, int64_t hd, const float *Q, int64_t q_ld, int 
 
     /* Scores S_c (nk[c], AW): each chunk of keys converted once for all lane chunks. */
     for (int64_t c0 = 0; c0 < n_keys; c0 += PQ_ATTN_KEY_CHUNK) {
-        const int64_t kn = n_keys - c0 < PQ_ATTN_KEY_CHUNK ? n_keys - c0 : PQ_ATTN_KEY_CHUNK;
         int64_t kld;
-        const float *k = attn_rows_f32(f16, K, kv_ld, c0, kn, hd, buf, &kld);
+        const float *k = attn_rows_f32(f16, K, kv_ld, c0, attn_chunk_keys(n_keys, c0), hd, buf, &kld);
         for (int c = 0; c < nc; c++) {
-            const int64_t kc = nk[c] - c0 < kn ? nk[c] - c0 : kn;
+            const int64_t kc = attn_chunk_keys(nk[c], c0); /* nk[c] <= n_keys */
             float *s = S + (c * n_keys + c0) * AW;
             int64_t p = 0;
             for (; p + 8 <= kc; p += 8) attn_score_tile(8, hd, qt + c * hd * AW, k + p * kld, kld, s + p * AW);
@@ -100,15 +110,14 @@ AI void attn_group(const int f16, int64_t hd, const float *Q, int64_t q_ld, int 
     /* O^T_c (hd, AW) = sum_p e_p V_p, each chunk of values converted once. */
     memset(ot, 0, sizeof(float) * (size_t)(nc * hd * AW));
     for (int64_t c0 = 0; c0 < n_keys; c0 += PQ_ATTN_KEY_CHUNK) {
-        const int64_t kn = n_keys - c0 < PQ_ATTN_KEY_CHUNK ? n_keys - c0 : PQ_ATTN_KEY_CHUNK;
         int64_t vld;
-        const float *v = attn_rows_f32(f16, V, kv_ld, c0, kn, hd, buf, &vld);
+        const float *v = attn_rows_f32(f16, V, kv_ld, c0, attn_chunk_keys(n_keys, c0), hd, buf, &vld);
         for (int c = 0; c < nc; c++) {
-            const int64_t kc = nk[c] - c0 < kn ? nk[c] - c0 : kn;
+            const int64_t kc = attn_chunk_keys(nk[c], c0);
+            if (kc <= 0) continue;
             const float *w = S + (c * n_keys + c0) * AW;
             float *o = ot + c * hd * AW;
             int64_t d = 0;
-            if (kc <= 0) continue;
             for (; d + VT <= hd; d += VT) attn_value_tile(VT, kc, w, v + d, vld, o + d * AW);
             for (; d + 4 <= hd; d += 4) attn_value_tile(4, kc, w, v + d, vld, o + d * AW);
             for (; d < hd; d++) attn_value_tile(1, kc, w, v + d, vld, o + d * AW);
@@ -127,25 +136,11 @@ AI void attn_group(const int f16, int64_t hd, const float *Q, int64_t q_ld, int 
     }
 }
 
-AI void attn_blocked(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                     float *O, int64_t o_ld, float *scratch) {
+AI void attn_blocked(const int f16, ATTN_ARGS) {
     const int64_t n = n_tok * g;
     for (int64_t j0 = 0; j0 < n; j0 += PQ_ATTN_LANES_MAX)
         attn_group(f16, hd, Q, q_ld, g, j0, (int)(n - j0 < PQ_ATTN_LANES_MAX ? n - j0 : PQ_ATTN_LANES_MAX),
                    n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
-
-static void attn_f32(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                     float *O, int64_t o_ld, float *scratch) {
-    attn_blocked(0, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
-
-static void attn_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                     float *O, int64_t o_ld, float *scratch) {
-    attn_blocked(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
 }
 
 /* ---- attention for a few query rows (decode) ---------------------------------------- */
@@ -208,12 +203,10 @@ AI void dec_heads(const int f16, int H, int64_t hd, int64_t n_keys, const float 
 
 /* Each token's g heads in tiles of dec_hmax(hd), or the blocked kernel where
  * the file has no decode tile for hd. */
-AI void attn_dec(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                 int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                 float *O, int64_t o_ld, float *scratch) {
+AI void attn_dec(const int f16, ATTN_ARGS) {
     const int hmax = dec_hmax(hd);
     if (!hmax) {
-        attn_blocked(f16, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+        attn_blocked(f16, ATTN_PASS);
         return;
     }
     for (int64_t t = 0; t < n_tok; t++)
@@ -222,16 +215,12 @@ AI void attn_dec(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g,
                       kv_ld, scale, O + t * o_ld + i * hd, scratch);
 }
 
-static void attn_dec_f32(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                         int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                         float *O, int64_t o_ld, float *scratch) {
-    attn_dec(0, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
-
-static void attn_dec_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                         int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                         float *O, int64_t o_ld, float *scratch) {
-    attn_dec(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
+/* The table entries. */
+static void attn_f32(ATTN_ARGS) { attn_blocked(0, ATTN_PASS); }
+static void attn_f16(ATTN_ARGS) { attn_blocked(1, ATTN_PASS); }
+static void attn_dec_f32(ATTN_ARGS) { attn_dec(0, ATTN_PASS); }
+static void attn_dec_f16(ATTN_ARGS) { attn_dec(1, ATTN_PASS); }
+#undef ATTN_ARGS
+#undef ATTN_PASS
 
 #endif /* PQ_ATTN_COMMON_H */
