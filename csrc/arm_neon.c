@@ -7,6 +7,8 @@
  * AT_HWCAP, else widening multiplies; both paths share one tiled body.
  * Activation quantizers are the scalar reference ones (bit-exact by
  * construction; their cost is O(cols) per token against O(rows*cols)).
+ * Attention: only its vector primitives are here; the drivers are in
+ * attn_common.h (shared with the x86 files).
  * What it is not: built anywhere but aarch64; elsewhere pq_kernels_neon()
  * returns NULL. Arm intrinsics reference: https://developer.arm.com/architectures/instruction-sets/intrinsics/
  */

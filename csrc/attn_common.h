@@ -185,11 +185,13 @@ AI void dec_tile(const int f16, const int H, int64_t hd, int64_t n_keys, const f
         }
 }
 
+/* Heads per tile: up to 4 whatever hd. */
 AI int dec_hmax(int64_t hd) {
     (void)hd;
     return 4;
 }
 
+/* H <= 4 heads of one token, with H a constant in each dec_tile. */
 AI void dec_heads(const int f16, int H, int64_t hd, int64_t n_keys, const float *q, const void *K,
                   const void *V, int64_t kv_ld, float scale, float *o, float *s) {
     switch (H) {

@@ -12,6 +12,8 @@
  * has its own kernels: Q4_0/Q4_1 fold four rows' int16 sums before one
  * madd/cvt/fma (gemv_q4), floats run gemv_f; both prefetch a short distance
  * and never past their rows. Q8_0 decode runs tile_q with 8 rows.
+ * Attention: only its vector primitives are here; the drivers are in
+ * attn_common.h (shared with x86_avx512.c and arm_neon.c).
  * Intel intrinsics guide: https://www.intel.com/content/www/us/en/docs/intrinsics-guide/
  */
 #include "kernels.h"

@@ -17,6 +17,8 @@
  * last block of a matrix is read safely. Q4 decode (n_tok == 1) steps four
  * blocks per row instead, against activations re-laid once per call, and
  * folds row pairs before the float work (gemv_q4); float decode is gemv_f.
+ * Attention: the vector primitives and the decode tile are here; the
+ * drivers are in attn_common.h (shared with x86_avx2.c and arm_neon.c).
  * Intel intrinsics guide: https://www.intel.com/content/www/us/en/docs/intrinsics-guide/
  */
 #include "kernels.h"
