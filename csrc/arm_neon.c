@@ -7,6 +7,8 @@
  * AT_HWCAP, else widening multiplies; both paths share one tiled body.
  * Activation quantizers are the scalar reference ones (bit-exact by
  * construction; their cost is O(cols) per token against O(rows*cols)).
+ * Attention: only its vector primitives are here; the drivers are in
+ * attn_common.h (shared with the x86 files).
  * What it is not: built anywhere but aarch64; elsewhere pq_kernels_neon()
  * returns NULL. Arm intrinsics reference: https://developer.arm.com/architectures/instruction-sets/intrinsics/
  */
@@ -259,17 +261,11 @@ static void axpy_f16(float a, const uint16_t *x, float *y, int64_t n) {
     for (; i < n; i++) y[i] += a * pq_fp16_to_fp32(x[i]);
 }
 
-/* ---- blocked causal attention (prefill) -------------------------------------------- */
+/* ---- attention primitives (drivers: attn_common.h) ---------------------------------- */
 
-/* One register lane per query row, 4 queries per register: scores, softmax
- * and the weighted sum of values need no horizontal sums. Key and value
- * elements enter through FMA-by-lane (4 consecutive elements of a row per
- * load); f16 cache rows are converted PQ_ATTN_KEY_CHUNK rows at a time into
- * scratch, once for all the lane chunks (of 4) of a call, up to
- * PQ_ATTN_LANES_MAX lanes. Scratch layout (floats), NC = PQ_ATTN_LANES_MAX / 4
- * chunks: S (NC, n_keys, 4), Q^T and O^T (NC, hd, 4), sum (NC, 4) and a
- * spare (NC, 4), rows (PQ_ATTN_KEY_CHUNK, hd). */
-enum { AW = 4, NC = PQ_ATTN_LANES_MAX / AW };
+/* Blocked (prefill): 4 query rows a register. Key and value elements enter
+ * through FMA-by-lane (4 consecutive elements of a row per load). */
+enum { AW = 4, VT = 16 };
 
 /* exp(x) for x <= 0 (-inf gives 0), 4 lanes, within 2 ulp of expf down to
  * -87.3 (below that, where expf is subnormal, 0): x = n ln2 + r with
@@ -295,21 +291,11 @@ AI float32x4_t attn_exp4(float32x4_t x) {
     return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(vmulq_f32(p, vreinterpretq_f32_s32(e))), keep));
 }
 
-/* Rows [p0, p0 + kn) of one cache head as f32 rows, stride in *ld. */
-AI const float *attn_rows_f32(const int f16, const void *X, int64_t x_ld, int64_t p0, int64_t kn,
-                              int64_t hd, float *buf, int64_t *ld) {
-    if (!f16) {
-        *ld = x_ld;
-        return (const float *)X + p0 * x_ld;
-    }
-    for (int64_t p = 0; p < kn; p++) {
-        const uint16_t *x = (const uint16_t *)X + (p0 + p) * x_ld;
-        int64_t d = 0;
-        for (; d + 4 <= hd; d += 4) vst1q_f32(buf + p * hd + d, load_w4(K_F16, (const char *)x, d));
-        for (; d < hd; d++) buf[p * hd + d] = pq_fp16_to_fp32(x[d]);
-    }
-    *ld = hd;
-    return buf;
+/* One f16 cache row -> hd f32, 4 at a time, scalar tail. */
+AI void attn_row_f16(const uint16_t *x, int64_t hd, float *out) {
+    int64_t d = 0;
+    for (; d + 4 <= hd; d += 4) vst1q_f32(out + d, load_w4(K_F16, (const char *)x, d));
+    for (; d < hd; d++) out[d] = pq_fp16_to_fp32(x[d]);
 }
 
 /* S[i] (4 lanes) = sum_d Q^T[d] * k_i[d] for P keys k_i = k + i*kld. */
@@ -359,129 +345,73 @@ AI void attn_value_tile(const int D, int64_t kn, const float *w, const float *v,
     for (int i = 0; i < D; i++) vst1q_f32(ot + i * AW, acc[i]);
 }
 
-/* Lanes [j0, j0 + nl) of a pq_attn_fn call, nl <= PQ_ATTN_LANES_MAX. */
-AI void attn_group(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t j0,
-                   int nl, int64_t n_past, const void *K, const void *V, int64_t kv_ld,
-                   float scale, float *O, int64_t o_ld, float *scratch) {
-    const int nc = (nl + AW - 1) / AW;
-    const int64_t n_keys = n_past + (j0 + nl - 1) / g + 1; /* of the last lane */
-    float *S = scratch, *qt = S + NC * n_keys * AW, *ot = qt + NC * hd * AW;
-    float *sums = ot + NC * hd * AW, *buf = sums + 2 * NC * AW;
-    int64_t nk[NC], diag[NC]; /* keys of chunk c, and the first one masked in some lane */
-    int32_t last[NC][AW];     /* the last key each lane sees (pad lanes: all) */
-    for (int c = 0; c < nc; c++) {
-        const int64_t jc = j0 + c * AW, t_last = (jc + (nl - c * AW < AW ? nl - c * AW : AW) - 1) / g;
-        nk[c] = n_past + t_last + 1;
-        diag[c] = n_past + jc / g + 1;
-        for (int j = 0; j < AW; j++) {
-            const int live = c * AW + j < nl;
-            const int64_t t = live ? (jc + j) / g : t_last;
-            last[c][j] = (int32_t)(n_past + t);
-            const float *q = Q + t * q_ld + ((jc + j) % g) * hd;
-            for (int64_t d = 0; d < hd; d++) qt[(c * hd + d) * AW + j] = live ? q[d] : 0.0f;
-        }
-    }
-
-    /* Scores S_c (nk[c], 4): each chunk of keys converted once for all lane chunks. */
-    for (int64_t c0 = 0; c0 < n_keys; c0 += PQ_ATTN_KEY_CHUNK) {
-        const int64_t kn = n_keys - c0 < PQ_ATTN_KEY_CHUNK ? n_keys - c0 : PQ_ATTN_KEY_CHUNK;
-        int64_t kld;
-        const float *k = attn_rows_f32(f16, K, kv_ld, c0, kn, hd, buf, &kld);
-        for (int c = 0; c < nc; c++) {
-            const int64_t kc = nk[c] - c0 < kn ? nk[c] - c0 : kn;
-            float *s = S + (c * n_keys + c0) * AW;
-            int64_t p = 0;
-            for (; p + 8 <= kc; p += 8) attn_score_tile(8, hd, qt + c * hd * AW, k + p * kld, kld, s + p * AW);
-            for (; p < kc; p++) attn_score_tile(1, hd, qt + c * hd * AW, k + p * kld, kld, s + p * AW);
-        }
-    }
-
-    /* Scale, mask the keys after each lane's own position, softmax in f32
-     * (max subtracted); the division by the sum waits for O. */
+/* One lane chunk, s (nk, 4): scale; keys after a lane's last (only from
+ * diag on) to -inf; s = exp(s - max) in place; the 4 lane sums to sum. */
+AI void attn_softmax_lanes(float *s, int64_t nk, int64_t diag, const int32_t *last, float scale,
+                           float *sum_out) {
     const float32x4_t ninf = vdupq_n_f32(-INFINITY);
-    for (int c = 0; c < nc; c++) {
-        float *s = S + c * n_keys * AW;
-        const int32x4_t lastv = vld1q_s32(last[c]);
-        float32x4_t mx = ninf, sum = vdupq_n_f32(0.0f);
-        for (int64_t p = 0; p < nk[c]; p++) {
-            float32x4_t v = vmulq_n_f32(vld1q_f32(s + p * AW), scale);
-            if (p >= diag[c]) v = vbslq_f32(vcgtq_s32(vdupq_n_s32((int32_t)p), lastv), ninf, v);
-            vst1q_f32(s + p * AW, v);
-            mx = vmaxq_f32(mx, v);
-        }
-        for (int64_t p = 0; p < nk[c]; p++) {
-            const float32x4_t e = attn_exp4(vsubq_f32(vld1q_f32(s + p * AW), mx));
-            vst1q_f32(s + p * AW, e);
-            sum = vaddq_f32(sum, e);
-        }
-        vst1q_f32(sums + c * AW, sum);
+    const int32x4_t lastv = vld1q_s32(last);
+    float32x4_t mx = ninf, sum = vdupq_n_f32(0.0f);
+    for (int64_t p = 0; p < nk; p++) {
+        float32x4_t v = vmulq_n_f32(vld1q_f32(s + p * AW), scale);
+        if (p >= diag) v = vbslq_f32(vcgtq_s32(vdupq_n_s32((int32_t)p), lastv), ninf, v);
+        vst1q_f32(s + p * AW, v);
+        mx = vmaxq_f32(mx, v);
     }
-
-    /* O^T_c (hd, 4) = sum_p e_p V_p, each chunk of values converted once. */
-    memset(ot, 0, sizeof(float) * (size_t)(nc * hd * AW));
-    for (int64_t c0 = 0; c0 < n_keys; c0 += PQ_ATTN_KEY_CHUNK) {
-        const int64_t kn = n_keys - c0 < PQ_ATTN_KEY_CHUNK ? n_keys - c0 : PQ_ATTN_KEY_CHUNK;
-        int64_t vld;
-        const float *v = attn_rows_f32(f16, V, kv_ld, c0, kn, hd, buf, &vld);
-        for (int c = 0; c < nc; c++) {
-            const int64_t kc = nk[c] - c0 < kn ? nk[c] - c0 : kn;
-            const float *w = S + (c * n_keys + c0) * AW;
-            float *o = ot + c * hd * AW;
-            int64_t d = 0;
-            if (kc <= 0) continue;
-            for (; d + 16 <= hd; d += 16) attn_value_tile(16, kc, w, v + d, vld, o + d * AW);
-            for (; d + 4 <= hd; d += 4) attn_value_tile(4, kc, w, v + d, vld, o + d * AW);
-            for (; d < hd; d++) attn_value_tile(1, kc, w, v + d, vld, o + d * AW);
-        }
+    for (int64_t p = 0; p < nk; p++) {
+        const float32x4_t e = attn_exp4(vsubq_f32(vld1q_f32(s + p * AW), mx));
+        vst1q_f32(s + p * AW, e);
+        sum = vaddq_f32(sum, e);
     }
-
-    /* O = O^T / sum, back to rows. */
-    for (int c = 0; c < nc; c++) {
-        const float32x4_t sumv = vld1q_f32(sums + c * AW);
-        float *o = ot + c * hd * AW;
-        for (int64_t d = 0; d < hd; d++) vst1q_f32(o + d * AW, vdivq_f32(vld1q_f32(o + d * AW), sumv));
-        for (int j = 0; j < AW && c * AW + j < nl; j++) {
-            const int64_t jj = j0 + c * AW + j;
-            float *out = O + jj / g * o_ld + (jj % g) * hd;
-            for (int64_t d = 0; d < hd; d++) out[d] = o[d * AW + j];
-        }
-    }
+    vst1q_f32(sum_out, sum);
 }
 
-AI void attn_blocked(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                     float *O, int64_t o_ld, float *scratch) {
-    const int64_t n = n_tok * g;
-    for (int64_t j0 = 0; j0 < n; j0 += PQ_ATTN_LANES_MAX)
-        attn_group(f16, hd, Q, q_ld, g, j0, (int)(n - j0 < PQ_ATTN_LANES_MAX ? n - j0 : PQ_ATTN_LANES_MAX),
-                   n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+/* O^T (hd, 4) /= the 4 lane sums. */
+AI void attn_div_lanes(float *o, int64_t hd, const float *sum) {
+    const float32x4_t sumv = vld1q_f32(sum);
+    for (int64_t d = 0; d < hd; d++) vst1q_f32(o + d * AW, vdivq_f32(vld1q_f32(o + d * AW), sumv));
 }
 
-static void attn_f32(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                     float *O, int64_t o_ld, float *scratch) {
-    attn_blocked(0, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
+/* Decode: 4 head_dim elements a register, two accumulators a head; values
+ * keep 8 FMA chains running. */
+enum { DW = 4, DEC_CHAINS = 8 };
 
-static void attn_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                     float *O, int64_t o_ld, float *scratch) {
-    attn_blocked(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
-
-/* ---- attention for a few query rows (decode) ---------------------------------------- */
-
-/* Lanes over head_dim, 4 elements a register: each key row is loaded and
- * converted once for the H (<= 4) query heads of a tile (two accumulators a
- * head), each score costs one horizontal sum; values go a few column chunks
- * at a time over all keys, so that 8 FMA chains run side by side.
- * Scratch: scores (H, n_keys). */
 AI float32x4_t dec_row4(const int f16, const void *X, int64_t i) {
     return f16 ? load_w4(K_F16, (const char *)X, i) : vld1q_f32((const float *)X + i);
 }
 
-AI float dec_elem(const int f16, const void *X, int64_t i) {
-    return f16 ? pq_fp16_to_fp32(((const uint16_t *)X)[i]) : ((const float *)X)[i];
+/* t[h] = q_h . k over [0, hdv) for the H heads q + h*hd. */
+AI void dec_dots(const int f16, const int H, int64_t hdv, int64_t hd, const char *k, const float *q,
+                 float *t) {
+    float32x4_t acc[4][2];
+    for (int h = 0; h < H; h++) acc[h][0] = acc[h][1] = vdupq_n_f32(0.0f);
+    for (int64_t d = 0; d < hdv; d += 4) {
+        const float32x4_t r = dec_row4(f16, k, d);
+        const int a = (int)(d >> 2) & 1;
+        for (int h = 0; h < H; h++) acc[h][a] = vfmaq_f32(acc[h][a], r, vld1q_f32(q + h * hd + d));
+    }
+    for (int h = 0; h < H; h++) t[h] = vaddvq_f32(vaddq_f32(acc[h][0], acc[h][1]));
+}
+
+/* sh = exp(sh - max sh) over n_keys scores in place; returns their sum. */
+AI float dec_softmax(float *sh, int64_t n_keys) {
+    float tail[4];
+    const int64_t n4 = n_keys & ~(int64_t)3;
+    float32x4_t mx = vdupq_n_f32(-INFINITY), sv = vdupq_n_f32(0.0f);
+    for (int64_t p = 0; p < n4; p += 4) mx = vmaxq_f32(mx, vld1q_f32(sh + p));
+    float m = vmaxvq_f32(mx);
+    for (int64_t p = n4; p < n_keys; p++) m = sh[p] > m ? sh[p] : m;
+    mx = vdupq_n_f32(m);
+    for (int64_t p = 0; p < n4; p += 4) {
+        const float32x4_t e = attn_exp4(vsubq_f32(vld1q_f32(sh + p), mx));
+        vst1q_f32(sh + p, e);
+        sv = vaddq_f32(sv, e);
+    }
+    for (int j = 0; j < 4; j++) tail[j] = n4 + j < n_keys ? sh[n4 + j] : -INFINITY;
+    const float32x4_t e = attn_exp4(vsubq_f32(vld1q_f32(tail), mx));
+    vst1q_f32(tail, e);
+    for (int64_t p = n4; p < n_keys; p++) sh[p] = tail[p - n4];
+    return vaddvq_f32(vaddq_f32(sv, e));
 }
 
 /* Columns [d, d + 4*CC) of the outputs of H heads: o = sum_p w_p V_p / sum
@@ -506,87 +436,7 @@ AI void dec_values(const int f16, const int H, const int CC, int64_t d, int64_t 
             vst1q_f32(o + h * hd + d + 4 * c, vdivq_f32(ov[h][c], vdupq_n_f32(sum[h])));
 }
 
-/* Heads q + h*hd (h < H) of one token against keys/values 0..n_keys-1. */
-AI void dec_tile(const int f16, const int H, int64_t hd, int64_t n_keys, const float *q,
-                 const void *K, const void *V, int64_t kv_ld, float scale, float *o, float *s) {
-    const size_t es = f16 ? 2 : 4;
-    const int64_t hd4 = hd & ~(int64_t)3;
-    for (int64_t p = 0; p < n_keys; p++) {
-        const char *k = (const char *)K + p * kv_ld * es;
-        float32x4_t acc[4][2];
-        for (int h = 0; h < H; h++) acc[h][0] = acc[h][1] = vdupq_n_f32(0.0f);
-        for (int64_t d = 0; d < hd4; d += 4) {
-            const float32x4_t r = dec_row4(f16, k, d);
-            const int a = (int)(d >> 2) & 1;
-            for (int h = 0; h < H; h++) acc[h][a] = vfmaq_f32(acc[h][a], r, vld1q_f32(q + h * hd + d));
-        }
-        for (int h = 0; h < H; h++) {
-            float t = vaddvq_f32(vaddq_f32(acc[h][0], acc[h][1]));
-            for (int64_t d = hd4; d < hd; d++) t += dec_elem(f16, k, d) * q[h * hd + d];
-            s[h * n_keys + p] = t * scale;
-        }
-    }
-    float sum[4];
-    for (int h = 0; h < H; h++) {
-        float *sh = s + h * n_keys, tail[4];
-        const int64_t n4 = n_keys & ~(int64_t)3;
-        float32x4_t mx = vdupq_n_f32(-INFINITY), sv = vdupq_n_f32(0.0f);
-        for (int64_t p = 0; p < n4; p += 4) mx = vmaxq_f32(mx, vld1q_f32(sh + p));
-        float m = vmaxvq_f32(mx);
-        for (int64_t p = n4; p < n_keys; p++) m = sh[p] > m ? sh[p] : m;
-        mx = vdupq_n_f32(m);
-        for (int64_t p = 0; p < n4; p += 4) {
-            const float32x4_t e = attn_exp4(vsubq_f32(vld1q_f32(sh + p), mx));
-            vst1q_f32(sh + p, e);
-            sv = vaddq_f32(sv, e);
-        }
-        for (int j = 0; j < 4; j++) tail[j] = n4 + j < n_keys ? sh[n4 + j] : -INFINITY;
-        const float32x4_t e = attn_exp4(vsubq_f32(vld1q_f32(tail), mx));
-        vst1q_f32(tail, e);
-        for (int64_t p = n4; p < n_keys; p++) sh[p] = tail[p - n4];
-        sum[h] = vaddvq_f32(vaddq_f32(sv, e));
-    }
-    const int CC = H == 1 ? 8 : H == 2 ? 4 : 2; /* column chunks per pass */
-    int64_t d = 0;
-    for (; d + 4 * CC <= hd; d += 4 * CC) dec_values(f16, H, CC, d, hd, n_keys, V, kv_ld, s, sum, o);
-    for (; d + 4 <= hd; d += 4) dec_values(f16, H, 1, d, hd, n_keys, V, kv_ld, s, sum, o);
-    for (; d < hd; d++) /* the last hd % 4 columns */
-        for (int h = 0; h < H; h++) {
-            float t = 0.0f;
-            for (int64_t p = 0; p < n_keys; p++)
-                t += s[h * n_keys + p] * dec_elem(f16, (const char *)V + p * kv_ld * es, d);
-            o[h * hd + d] = t / sum[h];
-        }
-}
-
-AI void attn_dec(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                 int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                 float *O, int64_t o_ld, float *scratch) {
-    for (int64_t t = 0; t < n_tok; t++)
-        for (int i = 0; i < g; i += 4) {
-            const float *q = Q + t * q_ld + i * hd;
-            float *o = O + t * o_ld + i * hd;
-            const int64_t nk = n_past + t + 1;
-            switch (g - i < 4 ? g - i : 4) {
-            case 1: dec_tile(f16, 1, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
-            case 2: dec_tile(f16, 2, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
-            case 3: dec_tile(f16, 3, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
-            default: dec_tile(f16, 4, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
-            }
-        }
-}
-
-static void attn_dec_f32(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                         int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                         float *O, int64_t o_ld, float *scratch) {
-    attn_dec(0, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
-
-static void attn_dec_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                         int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                         float *O, int64_t o_ld, float *scratch) {
-    attn_dec(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
+#include "attn_common.h"
 
 static void copy_f32(const float *x, void *y, int64_t n) { memcpy(y, x, (size_t)n * 4); }
 

@@ -12,6 +12,8 @@
  * has its own kernels: Q4_0/Q4_1 fold four rows' int16 sums before one
  * madd/cvt/fma (gemv_q4), floats run gemv_f; both prefetch a short distance
  * and never past their rows. Q8_0 decode runs tile_q with 8 rows.
+ * Attention: only its vector primitives are here; the drivers are in
+ * attn_common.h (shared with x86_avx512.c and arm_neon.c).
  * Intel intrinsics guide: https://www.intel.com/content/www/us/en/docs/intrinsics-guide/
  */
 #include "kernels.h"
@@ -608,17 +610,11 @@ static void axpy_f16(float a, const uint16_t *x, float *y, int64_t n) {
     for (; i < n; i++) y[i] += a * _cvtsh_ss(x[i]);
 }
 
-/* ---- blocked causal attention (prefill) -------------------------------------------- */
+/* ---- attention primitives (drivers: attn_common.h) ---------------------------------- */
 
-/* One register lane per query row: scores, softmax and the weighted sum of
- * values run across 8 queries at once with no horizontal sums. A key or
- * value element enters as a broadcast f32 (vbroadcastss); f16 cache
- * rows are converted PQ_ATTN_KEY_CHUNK rows at a time into scratch, once for
- * all the lane chunks (of 8) of a call, up to PQ_ATTN_LANES_MAX lanes.
- * Scratch layout (floats), NC = PQ_ATTN_LANES_MAX / 8 chunks:
- * S (NC, n_keys, 8), Q^T and O^T (NC, hd, 8), max and sum (NC, 8),
- * rows (PQ_ATTN_KEY_CHUNK, hd). */
-enum { AW = 8, NC = PQ_ATTN_LANES_MAX / AW };
+/* Blocked (prefill): 8 query rows a register. A key or value element enters
+ * as a broadcast f32 (vbroadcastss). */
+enum { AW = 8, VT = 8 };
 
 /* exp(x) for x <= 0 (-inf gives 0), 8 lanes, within 2 ulp of expf down to
  * -87.3 (below that, where expf is subnormal, 0): x = n ln2 + r with
@@ -645,21 +641,11 @@ AI __m256 attn_exp8(__m256 x) {
     return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
 }
 
-/* Rows [p0, p0 + kn) of one cache head as f32 rows, stride in *ld. */
-AI const float *attn_rows_f32(const int f16, const void *X, int64_t x_ld, int64_t p0, int64_t kn,
-                              int64_t hd, float *buf, int64_t *ld) {
-    if (!f16) {
-        *ld = x_ld;
-        return (const float *)X + p0 * x_ld;
-    }
-    for (int64_t p = 0; p < kn; p++) {
-        const uint16_t *x = (const uint16_t *)X + (p0 + p) * x_ld;
-        int64_t d = 0;
-        for (; d + 8 <= hd; d += 8) _mm256_storeu_ps(buf + p * hd + d, load_w8(K_F16, (const char *)x, d));
-        for (; d < hd; d++) buf[p * hd + d] = _cvtsh_ss(x[d]);
-    }
-    *ld = hd;
-    return buf;
+/* One f16 cache row -> hd f32, 8 at a time, scalar tail. */
+AI void attn_row_f16(const uint16_t *x, int64_t hd, float *out) {
+    int64_t d = 0;
+    for (; d + 8 <= hd; d += 8) _mm256_storeu_ps(out + d, load_w8(K_F16, (const char *)x, d));
+    for (; d < hd; d++) out[d] = _cvtsh_ss(x[d]);
 }
 
 /* S[i] (8 lanes) = sum_d Q^T[d] * k_i[d] for P keys k_i = k + i*kld. */
@@ -686,133 +672,76 @@ AI void attn_value_tile(const int D, int64_t kn, const float *w, const float *v,
     for (int i = 0; i < D; i++) _mm256_storeu_ps(ot + i * AW, acc[i]);
 }
 
-/* Lanes [j0, j0 + nl) of a pq_attn_fn call, nl <= PQ_ATTN_LANES_MAX. */
-AI void attn_group(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t j0,
-                   int nl, int64_t n_past, const void *K, const void *V, int64_t kv_ld,
-                   float scale, float *O, int64_t o_ld, float *scratch) {
-    const int nc = (nl + AW - 1) / AW;
-    const int64_t n_keys = n_past + (j0 + nl - 1) / g + 1; /* of the last lane */
-    float *S = scratch, *qt = S + NC * n_keys * AW, *ot = qt + NC * hd * AW;
-    float *sums = ot + NC * hd * AW, *buf = sums + NC * AW;
-    int64_t nk[NC], diag[NC]; /* keys of chunk c, and the first one masked in some lane */
-    int32_t last[NC][AW];     /* the last key each lane sees (pad lanes: all) */
-    for (int c = 0; c < nc; c++) {
-        const int64_t jc = j0 + c * AW, t_last = (jc + (nl - c * AW < AW ? nl - c * AW : AW) - 1) / g;
-        nk[c] = n_past + t_last + 1;
-        diag[c] = n_past + jc / g + 1;
-        for (int j = 0; j < AW; j++) {
-            const int live = c * AW + j < nl;
-            const int64_t t = live ? (jc + j) / g : t_last;
-            last[c][j] = (int32_t)(n_past + t);
-            const float *q = Q + t * q_ld + ((jc + j) % g) * hd;
-            for (int64_t d = 0; d < hd; d++) qt[(c * hd + d) * AW + j] = live ? q[d] : 0.0f;
-        }
-    }
-
-    /* Scores S_c (nk[c], 8): each chunk of keys converted once for all lane chunks. */
-    for (int64_t c0 = 0; c0 < n_keys; c0 += PQ_ATTN_KEY_CHUNK) {
-        const int64_t kn = n_keys - c0 < PQ_ATTN_KEY_CHUNK ? n_keys - c0 : PQ_ATTN_KEY_CHUNK;
-        int64_t kld;
-        const float *k = attn_rows_f32(f16, K, kv_ld, c0, kn, hd, buf, &kld);
-        for (int c = 0; c < nc; c++) {
-            const int64_t kc = nk[c] - c0 < kn ? nk[c] - c0 : kn;
-            float *s = S + (c * n_keys + c0) * AW;
-            int64_t p = 0;
-            for (; p + 8 <= kc; p += 8) attn_score_tile(8, hd, qt + c * hd * AW, k + p * kld, kld, s + p * AW);
-            for (; p < kc; p++) attn_score_tile(1, hd, qt + c * hd * AW, k + p * kld, kld, s + p * AW);
-        }
-    }
-
-    /* Scale, mask the keys after each lane's own position, softmax in f32
-     * (max subtracted); the division by the sum waits for O. */
+/* One lane chunk, s (nk, 8): scale; keys after a lane's last (only from
+ * diag on) to -inf; s = exp(s - max) in place; the 8 lane sums to sum. */
+AI void attn_softmax_lanes(float *s, int64_t nk, int64_t diag, const int32_t *last, float scale,
+                           float *sum_out) {
     const __m256 sc = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
-    for (int c = 0; c < nc; c++) {
-        float *s = S + c * n_keys * AW;
-        const __m256i lastv = _mm256_loadu_si256((const __m256i *)last[c]);
-        __m256 mx = ninf, sum = _mm256_setzero_ps();
-        for (int64_t p = 0; p < nk[c]; p++) {
-            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(s + p * AW), sc);
-            if (p >= diag[c]) {
-                const __m256i after = _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)p), lastv);
-                v = _mm256_blendv_ps(v, ninf, _mm256_castsi256_ps(after));
-            }
-            _mm256_storeu_ps(s + p * AW, v);
-            mx = _mm256_max_ps(mx, v);
+    const __m256i lastv = _mm256_loadu_si256((const __m256i *)last);
+    __m256 mx = ninf, sum = _mm256_setzero_ps();
+    for (int64_t p = 0; p < nk; p++) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(s + p * AW), sc);
+        if (p >= diag) {
+            const __m256i after = _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)p), lastv);
+            v = _mm256_blendv_ps(v, ninf, _mm256_castsi256_ps(after));
         }
-        for (int64_t p = 0; p < nk[c]; p++) {
-            const __m256 e = attn_exp8(_mm256_sub_ps(_mm256_loadu_ps(s + p * AW), mx));
-            _mm256_storeu_ps(s + p * AW, e);
-            sum = _mm256_add_ps(sum, e);
-        }
-        _mm256_storeu_ps(sums + c * AW, sum);
+        _mm256_storeu_ps(s + p * AW, v);
+        mx = _mm256_max_ps(mx, v);
     }
-
-    /* O^T_c (hd, 8) = sum_p e_p V_p, each chunk of values converted once. */
-    memset(ot, 0, sizeof(float) * (size_t)(nc * hd * AW));
-    for (int64_t c0 = 0; c0 < n_keys; c0 += PQ_ATTN_KEY_CHUNK) {
-        const int64_t kn = n_keys - c0 < PQ_ATTN_KEY_CHUNK ? n_keys - c0 : PQ_ATTN_KEY_CHUNK;
-        int64_t vld;
-        const float *v = attn_rows_f32(f16, V, kv_ld, c0, kn, hd, buf, &vld);
-        for (int c = 0; c < nc; c++) {
-            const int64_t kc = nk[c] - c0 < kn ? nk[c] - c0 : kn;
-            const float *w = S + (c * n_keys + c0) * AW;
-            float *o = ot + c * hd * AW;
-            int64_t d = 0;
-            if (kc <= 0) continue;
-            for (; d + 8 <= hd; d += 8) attn_value_tile(8, kc, w, v + d, vld, o + d * AW);
-            for (; d + 4 <= hd; d += 4) attn_value_tile(4, kc, w, v + d, vld, o + d * AW);
-            for (; d < hd; d++) attn_value_tile(1, kc, w, v + d, vld, o + d * AW);
-        }
+    for (int64_t p = 0; p < nk; p++) {
+        const __m256 e = attn_exp8(_mm256_sub_ps(_mm256_loadu_ps(s + p * AW), mx));
+        _mm256_storeu_ps(s + p * AW, e);
+        sum = _mm256_add_ps(sum, e);
     }
-
-    /* O = O^T / sum, back to rows. */
-    for (int c = 0; c < nc; c++) {
-        const __m256 sumv = _mm256_loadu_ps(sums + c * AW);
-        float *o = ot + c * hd * AW;
-        for (int64_t d = 0; d < hd; d++) _mm256_storeu_ps(o + d * AW, _mm256_div_ps(_mm256_loadu_ps(o + d * AW), sumv));
-        for (int j = 0; j < AW && c * AW + j < nl; j++) {
-            const int64_t jj = j0 + c * AW + j;
-            float *out = O + jj / g * o_ld + (jj % g) * hd;
-            for (int64_t d = 0; d < hd; d++) out[d] = o[d * AW + j];
-        }
-    }
+    _mm256_storeu_ps(sum_out, sum);
 }
 
-AI void attn_blocked(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                     float *O, int64_t o_ld, float *scratch) {
-    const int64_t n = n_tok * g;
-    for (int64_t j0 = 0; j0 < n; j0 += PQ_ATTN_LANES_MAX)
-        attn_group(f16, hd, Q, q_ld, g, j0, (int)(n - j0 < PQ_ATTN_LANES_MAX ? n - j0 : PQ_ATTN_LANES_MAX),
-                   n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+/* O^T (hd, 8) /= the 8 lane sums. */
+AI void attn_div_lanes(float *o, int64_t hd, const float *sum) {
+    const __m256 sumv = _mm256_loadu_ps(sum);
+    for (int64_t d = 0; d < hd; d++) _mm256_storeu_ps(o + d * AW, _mm256_div_ps(_mm256_loadu_ps(o + d * AW), sumv));
 }
 
-static void attn_f32(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                     float *O, int64_t o_ld, float *scratch) {
-    attn_blocked(0, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
+/* Decode: 8 head_dim elements a register, one accumulator a head; values
+ * keep 4 FMA chains running. */
+enum { DW = 8, DEC_CHAINS = 4 };
 
-static void attn_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                     float *O, int64_t o_ld, float *scratch) {
-    attn_blocked(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
-
-/* ---- attention for a few query rows (decode) ---------------------------------------- */
-
-/* Lanes over head_dim, 8 elements a register: each key row is loaded and
- * converted once for the H (<= 4) query heads of a tile (queries read from
- * L1 as FMA operands), each score costs one horizontal sum; values go one
- * column chunk at a time over all keys, 4/H chunks per pass so that 4 FMA
- * chains run side by side. Scratch: scores (H, n_keys). */
 AI __m256 dec_row8(const int f16, const void *X, int64_t i) {
     if (f16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)X + i)));
     return _mm256_loadu_ps((const float *)X + i);
 }
 
-AI float dec_elem(const int f16, const void *X, int64_t i) {
-    return f16 ? _cvtsh_ss(((const uint16_t *)X)[i]) : ((const float *)X)[i];
+/* t[h] = q_h . k over [0, hdv) for the H heads q + h*hd. */
+AI void dec_dots(const int f16, const int H, int64_t hdv, int64_t hd, const char *k, const float *q,
+                 float *t) {
+    __m256 acc[4];
+    for (int h = 0; h < H; h++) acc[h] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < hdv; d += 8) {
+        const __m256 r = dec_row8(f16, k, d);
+        for (int h = 0; h < H; h++) acc[h] = _mm256_fmadd_ps(r, _mm256_loadu_ps(q + h * hd + d), acc[h]);
+    }
+    for (int h = 0; h < H; h++) t[h] = hsum_f32x8(acc[h]);
+}
+
+/* sh = exp(sh - max sh) over n_keys scores in place; returns their sum. */
+AI float dec_softmax(float *sh, int64_t n_keys) {
+    float tail[8];
+    const int64_t n8 = n_keys & ~(int64_t)7;
+    __m256 mx = _mm256_set1_ps(-INFINITY), sv = _mm256_setzero_ps();
+    for (int64_t p = 0; p < n8; p += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(sh + p));
+    float m = hmax_f32x8(mx);
+    for (int64_t p = n8; p < n_keys; p++) m = sh[p] > m ? sh[p] : m;
+    mx = _mm256_set1_ps(m);
+    for (int64_t p = 0; p < n8; p += 8) {
+        const __m256 e = attn_exp8(_mm256_sub_ps(_mm256_loadu_ps(sh + p), mx));
+        _mm256_storeu_ps(sh + p, e);
+        sv = _mm256_add_ps(sv, e);
+    }
+    for (int j = 0; j < 8; j++) tail[j] = n8 + j < n_keys ? sh[n8 + j] : -INFINITY;
+    const __m256 e = attn_exp8(_mm256_sub_ps(_mm256_loadu_ps(tail), mx));
+    _mm256_storeu_ps(tail, e);
+    for (int64_t p = n8; p < n_keys; p++) sh[p] = tail[p - n8];
+    return hsum_f32x8(_mm256_add_ps(sv, e));
 }
 
 /* Columns [d, d + 8*CC) of the outputs of H heads: o = sum_p w_p V_p / sum
@@ -837,86 +766,7 @@ AI void dec_values(const int f16, const int H, const int CC, int64_t d, int64_t 
             _mm256_storeu_ps(o + h * hd + d + 8 * c, _mm256_div_ps(ov[h][c], _mm256_set1_ps(sum[h])));
 }
 
-/* Heads q + h*hd (h < H) of one token against keys/values 0..n_keys-1. */
-AI void dec_tile(const int f16, const int H, int64_t hd, int64_t n_keys, const float *q,
-                 const void *K, const void *V, int64_t kv_ld, float scale, float *o, float *s) {
-    const size_t es = f16 ? 2 : 4;
-    const int64_t hd8 = hd & ~(int64_t)7;
-    for (int64_t p = 0; p < n_keys; p++) {
-        const char *k = (const char *)K + p * kv_ld * es;
-        __m256 acc[4];
-        for (int h = 0; h < H; h++) acc[h] = _mm256_setzero_ps();
-        for (int64_t d = 0; d < hd8; d += 8) {
-            const __m256 r = dec_row8(f16, k, d);
-            for (int h = 0; h < H; h++) acc[h] = _mm256_fmadd_ps(r, _mm256_loadu_ps(q + h * hd + d), acc[h]);
-        }
-        for (int h = 0; h < H; h++) {
-            float t = hsum_f32x8(acc[h]);
-            for (int64_t d = hd8; d < hd; d++) t += dec_elem(f16, k, d) * q[h * hd + d];
-            s[h * n_keys + p] = t * scale;
-        }
-    }
-    float sum[4];
-    for (int h = 0; h < H; h++) {
-        float *sh = s + h * n_keys, tail[8];
-        const int64_t n8 = n_keys & ~(int64_t)7;
-        __m256 mx = _mm256_set1_ps(-INFINITY), sv = _mm256_setzero_ps();
-        for (int64_t p = 0; p < n8; p += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(sh + p));
-        float m = hmax_f32x8(mx);
-        for (int64_t p = n8; p < n_keys; p++) m = sh[p] > m ? sh[p] : m;
-        mx = _mm256_set1_ps(m);
-        for (int64_t p = 0; p < n8; p += 8) {
-            const __m256 e = attn_exp8(_mm256_sub_ps(_mm256_loadu_ps(sh + p), mx));
-            _mm256_storeu_ps(sh + p, e);
-            sv = _mm256_add_ps(sv, e);
-        }
-        for (int j = 0; j < 8; j++) tail[j] = n8 + j < n_keys ? sh[n8 + j] : -INFINITY;
-        const __m256 e = attn_exp8(_mm256_sub_ps(_mm256_loadu_ps(tail), mx));
-        _mm256_storeu_ps(tail, e);
-        for (int64_t p = n8; p < n_keys; p++) sh[p] = tail[p - n8];
-        sum[h] = hsum_f32x8(_mm256_add_ps(sv, e));
-    }
-    const int CC = H == 1 ? 4 : H == 2 ? 2 : 1; /* column chunks per pass */
-    int64_t d = 0;
-    for (; d + 8 * CC <= hd; d += 8 * CC) dec_values(f16, H, CC, d, hd, n_keys, V, kv_ld, s, sum, o);
-    for (; d + 8 <= hd; d += 8) dec_values(f16, H, 1, d, hd, n_keys, V, kv_ld, s, sum, o);
-    for (; d < hd; d++) /* the last hd % 8 columns */
-        for (int h = 0; h < H; h++) {
-            float t = 0.0f;
-            for (int64_t p = 0; p < n_keys; p++)
-                t += s[h * n_keys + p] * dec_elem(f16, (const char *)V + p * kv_ld * es, d);
-            o[h * hd + d] = t / sum[h];
-        }
-}
-
-AI void attn_dec(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                 int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                 float *O, int64_t o_ld, float *scratch) {
-    for (int64_t t = 0; t < n_tok; t++)
-        for (int i = 0; i < g; i += 4) {
-            const float *q = Q + t * q_ld + i * hd;
-            float *o = O + t * o_ld + i * hd;
-            const int64_t nk = n_past + t + 1;
-            switch (g - i < 4 ? g - i : 4) {
-            case 1: dec_tile(f16, 1, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
-            case 2: dec_tile(f16, 2, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
-            case 3: dec_tile(f16, 3, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
-            default: dec_tile(f16, 4, hd, nk, q, K, V, kv_ld, scale, o, scratch); break;
-            }
-        }
-}
-
-static void attn_dec_f32(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                         int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                         float *O, int64_t o_ld, float *scratch) {
-    attn_dec(0, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
-
-static void attn_dec_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                         int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                         float *O, int64_t o_ld, float *scratch) {
-    attn_dec(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
+#include "attn_common.h"
 
 /* ---- SwiGLU ------------------------------------------------------------------------ */
 

@@ -17,6 +17,8 @@
  * last block of a matrix is read safely. Q4 decode (n_tok == 1) steps four
  * blocks per row instead, against activations re-laid once per call, and
  * folds row pairs before the float work (gemv_q4); float decode is gemv_f.
+ * Attention: the vector primitives and the decode tile are here; the
+ * drivers are in attn_common.h (shared with x86_avx2.c and arm_neon.c).
  * Intel intrinsics guide: https://www.intel.com/content/www/us/en/docs/intrinsics-guide/
  */
 #include "kernels.h"
@@ -656,17 +658,11 @@ static void axpy_f16(float a, const uint16_t *x, float *y, int64_t n) {
     }
 }
 
-/* ---- blocked causal attention (prefill) -------------------------------------------- */
+/* ---- attention primitives (drivers: attn_common.h) ---------------------------------- */
 
-/* One register lane per query row: scores, softmax and the weighted sum of
- * values run across 16 queries at once with no horizontal sums. A key or
- * value element enters as a broadcast f32 (an FMA memory operand); f16 cache
- * rows are converted PQ_ATTN_KEY_CHUNK rows at a time into scratch, once for
- * all the lane chunks (of 16) of a call, up to PQ_ATTN_LANES_MAX lanes.
- * Scratch layout (floats), NC = PQ_ATTN_LANES_MAX / 16 chunks:
- * S (NC, n_keys, 16), Q^T and O^T (NC, hd, 16), max and sum (NC, 16),
- * rows (PQ_ATTN_KEY_CHUNK, hd). */
-enum { AW = 16, NC = PQ_ATTN_LANES_MAX / AW };
+/* Blocked (prefill): 16 query rows a register. A key or value element enters
+ * as a broadcast f32 (an FMA memory operand). */
+enum { AW = 16, VT = 16 };
 
 /* exp(x) for x <= 0 (-inf gives 0), 16 lanes, within 2 ulp of expf:
  * x = n ln2 + r with |r| <= ln2/2 (ln2 in two parts, so r is exact to
@@ -690,21 +686,12 @@ AI __m512 attn_exp16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-/* Rows [p0, p0 + kn) of one cache head as f32 rows, stride in *ld. */
-AI const float *attn_rows_f32(const int f16, const void *X, int64_t x_ld, int64_t p0, int64_t kn,
-                              int64_t hd, float *buf, int64_t *ld) {
-    if (!f16) {
-        *ld = x_ld;
-        return (const float *)X + p0 * x_ld;
+/* One f16 cache row -> hd f32, 16 at a time, masked tail. */
+AI void attn_row_f16(const uint16_t *x, int64_t hd, float *out) {
+    for (int64_t d = 0; d < hd; d += 16) {
+        const __mmask16 m = hd - d >= 16 ? 0xffff : (__mmask16)((1u << (hd - d)) - 1);
+        _mm512_mask_storeu_ps(out + d, m, load_w16(K_F16, (const char *)x, d, m));
     }
-    for (int64_t p = 0; p < kn; p++)
-        for (int64_t d = 0; d < hd; d += 16) {
-            const __mmask16 m = hd - d >= 16 ? 0xffff : (__mmask16)((1u << (hd - d)) - 1);
-            _mm512_mask_storeu_ps(buf + p * hd + d, m,
-                                  load_w16(K_F16, (const char *)((const uint16_t *)X + (p0 + p) * x_ld), d, m));
-        }
-    *ld = hd;
-    return buf;
 }
 
 /* S[i] (16 lanes) = sum_d Q^T[d] * k_i[d] for P keys k_i = k + i*kld. */
@@ -731,124 +718,41 @@ AI void attn_value_tile(const int D, int64_t kn, const float *w, const float *v,
     for (int i = 0; i < D; i++) _mm512_storeu_ps(ot + i * AW, acc[i]);
 }
 
-/* Lanes [j0, j0 + nl) of a pq_attn_fn call, nl <= PQ_ATTN_LANES_MAX. */
-AI void attn_group(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t j0,
-                   int nl, int64_t n_past, const void *K, const void *V, int64_t kv_ld,
-                   float scale, float *O, int64_t o_ld, float *scratch) {
-    const int nc = (nl + AW - 1) / AW;
-    const int64_t n_keys = n_past + (j0 + nl - 1) / g + 1; /* of the last lane */
-    float *S = scratch, *qt = S + NC * n_keys * AW, *ot = qt + NC * hd * AW;
-    float *sums = ot + NC * hd * AW, *buf = sums + NC * AW;
-    int64_t nk[NC], diag[NC]; /* keys of chunk c, and the first one masked in some lane */
-    int32_t last[NC][AW];     /* the last key each lane sees (pad lanes: all) */
-    for (int c = 0; c < nc; c++) {
-        const int64_t jc = j0 + c * AW, t_last = (jc + (nl - c * AW < AW ? nl - c * AW : AW) - 1) / g;
-        nk[c] = n_past + t_last + 1;
-        diag[c] = n_past + jc / g + 1;
-        for (int j = 0; j < AW; j++) {
-            const int live = c * AW + j < nl;
-            const int64_t t = live ? (jc + j) / g : t_last;
-            last[c][j] = (int32_t)(n_past + t);
-            const float *q = Q + t * q_ld + ((jc + j) % g) * hd;
-            for (int64_t d = 0; d < hd; d++) qt[(c * hd + d) * AW + j] = live ? q[d] : 0.0f;
-        }
-    }
-
-    /* Scores S_c (nk[c], 16): each chunk of keys converted once for all lane chunks. */
-    for (int64_t c0 = 0; c0 < n_keys; c0 += PQ_ATTN_KEY_CHUNK) {
-        const int64_t kn = n_keys - c0 < PQ_ATTN_KEY_CHUNK ? n_keys - c0 : PQ_ATTN_KEY_CHUNK;
-        int64_t kld;
-        const float *k = attn_rows_f32(f16, K, kv_ld, c0, kn, hd, buf, &kld);
-        for (int c = 0; c < nc; c++) {
-            const int64_t kc = nk[c] - c0 < kn ? nk[c] - c0 : kn;
-            float *s = S + (c * n_keys + c0) * AW;
-            int64_t p = 0;
-            for (; p + 8 <= kc; p += 8) attn_score_tile(8, hd, qt + c * hd * AW, k + p * kld, kld, s + p * AW);
-            for (; p < kc; p++) attn_score_tile(1, hd, qt + c * hd * AW, k + p * kld, kld, s + p * AW);
-        }
-    }
-
-    /* Scale, mask the keys after each lane's own position, softmax in f32
-     * (max subtracted); the division by the sum waits for O. */
+/* One lane chunk, s (nk, 16): scale; keys after a lane's last (only from
+ * diag on) to -inf; s = exp(s - max) in place; the 16 lane sums to sum. */
+AI void attn_softmax_lanes(float *s, int64_t nk, int64_t diag, const int32_t *last, float scale,
+                           float *sum_out) {
     const __m512 sc = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
-    for (int c = 0; c < nc; c++) {
-        float *s = S + c * n_keys * AW;
-        const __m512i lastv = _mm512_loadu_si512(last[c]);
-        __m512 mx = ninf, sum = _mm512_setzero_ps();
-        for (int64_t p = 0; p < nk[c]; p++) {
-            __m512 v = _mm512_mul_ps(_mm512_loadu_ps(s + p * AW), sc);
-            if (p >= diag[c])
-                v = _mm512_mask_blend_ps(_mm512_cmple_epi32_mask(_mm512_set1_epi32((int32_t)p), lastv), ninf, v);
-            _mm512_storeu_ps(s + p * AW, v);
-            mx = _mm512_max_ps(mx, v);
-        }
-        for (int64_t p = 0; p < nk[c]; p++) {
-            const __m512 e = attn_exp16(_mm512_sub_ps(_mm512_loadu_ps(s + p * AW), mx));
-            _mm512_storeu_ps(s + p * AW, e);
-            sum = _mm512_add_ps(sum, e);
-        }
-        _mm512_storeu_ps(sums + c * AW, sum);
+    const __m512i lastv = _mm512_loadu_si512(last);
+    __m512 mx = ninf, sum = _mm512_setzero_ps();
+    for (int64_t p = 0; p < nk; p++) {
+        __m512 v = _mm512_mul_ps(_mm512_loadu_ps(s + p * AW), sc);
+        if (p >= diag)
+            v = _mm512_mask_blend_ps(_mm512_cmple_epi32_mask(_mm512_set1_epi32((int32_t)p), lastv), ninf, v);
+        _mm512_storeu_ps(s + p * AW, v);
+        mx = _mm512_max_ps(mx, v);
     }
-
-    /* O^T_c (hd, 16) = sum_p e_p V_p, each chunk of values converted once. */
-    memset(ot, 0, sizeof(float) * (size_t)(nc * hd * AW));
-    for (int64_t c0 = 0; c0 < n_keys; c0 += PQ_ATTN_KEY_CHUNK) {
-        const int64_t kn = n_keys - c0 < PQ_ATTN_KEY_CHUNK ? n_keys - c0 : PQ_ATTN_KEY_CHUNK;
-        int64_t vld;
-        const float *v = attn_rows_f32(f16, V, kv_ld, c0, kn, hd, buf, &vld);
-        for (int c = 0; c < nc; c++) {
-            const int64_t kc = nk[c] - c0 < kn ? nk[c] - c0 : kn;
-            const float *w = S + (c * n_keys + c0) * AW;
-            float *o = ot + c * hd * AW;
-            int64_t d = 0;
-            if (kc <= 0) continue;
-            for (; d + 16 <= hd; d += 16) attn_value_tile(16, kc, w, v + d, vld, o + d * AW);
-            for (; d + 4 <= hd; d += 4) attn_value_tile(4, kc, w, v + d, vld, o + d * AW);
-            for (; d < hd; d++) attn_value_tile(1, kc, w, v + d, vld, o + d * AW);
-        }
+    for (int64_t p = 0; p < nk; p++) {
+        const __m512 e = attn_exp16(_mm512_sub_ps(_mm512_loadu_ps(s + p * AW), mx));
+        _mm512_storeu_ps(s + p * AW, e);
+        sum = _mm512_add_ps(sum, e);
     }
-
-    /* O = O^T / sum, back to rows. */
-    for (int c = 0; c < nc; c++) {
-        const __m512 sumv = _mm512_loadu_ps(sums + c * AW);
-        float *o = ot + c * hd * AW;
-        for (int64_t d = 0; d < hd; d++) _mm512_storeu_ps(o + d * AW, _mm512_div_ps(_mm512_loadu_ps(o + d * AW), sumv));
-        for (int j = 0; j < AW && c * AW + j < nl; j++) {
-            const int64_t jj = j0 + c * AW + j;
-            float *out = O + jj / g * o_ld + (jj % g) * hd;
-            for (int64_t d = 0; d < hd; d++) out[d] = o[d * AW + j];
-        }
-    }
+    _mm512_storeu_ps(sum_out, sum);
 }
 
-AI void attn_blocked(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                     float *O, int64_t o_ld, float *scratch) {
-    const int64_t n = n_tok * g;
-    for (int64_t j0 = 0; j0 < n; j0 += PQ_ATTN_LANES_MAX)
-        attn_group(f16, hd, Q, q_ld, g, j0, (int)(n - j0 < PQ_ATTN_LANES_MAX ? n - j0 : PQ_ATTN_LANES_MAX),
-                   n_past, K, V, kv_ld, scale, O, o_ld, scratch);
+/* O^T (hd, 16) /= the 16 lane sums. */
+AI void attn_div_lanes(float *o, int64_t hd, const float *sum) {
+    const __m512 sumv = _mm512_loadu_ps(sum);
+    for (int64_t d = 0; d < hd; d++) _mm512_storeu_ps(o + d * AW, _mm512_div_ps(_mm512_loadu_ps(o + d * AW), sumv));
 }
 
-static void attn_f32(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                     float *O, int64_t o_ld, float *scratch) {
-    attn_blocked(0, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
-
-static void attn_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                     int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                     float *O, int64_t o_ld, float *scratch) {
-    attn_blocked(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
-
-/* ---- attention for a few query rows (decode) ---------------------------------------- */
-
-/* Lanes over head_dim (64 or 128: 4 or 8 registers a row): each key and
- * value row is loaded and converted once for the H query heads of a tile
+/* Decode: lanes over head_dim (64 or 128: 4 or 8 registers a row): each key
+ * and value row is loaded and converted once for the H query heads of a tile
  * (H * row registers <= 16), the queries and outputs stay in registers, and
  * each score costs one horizontal sum. Other head sizes go to the blocked
  * kernel. Scratch: scores (H, n_keys). */
+#define ATTN_OWN_DEC_TILE
+
 AI __m512 dec_row16(const int f16, const void *X, int64_t i) {
     if (f16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)X + i)));
     return _mm512_loadu_ps((const float *)X + i);
@@ -903,46 +807,26 @@ AI void dec_tile(const int f16, const int NCH, const int H, int64_t n_keys, cons
     }
 }
 
-AI void attn_dec(const int f16, int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                 int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                 float *O, int64_t o_ld, float *scratch) {
-    if (hd != 64 && hd != 128) {
-        attn_blocked(f16, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-        return;
-    }
-    const int hmax = hd == 64 ? 4 : 2;
-    for (int64_t t = 0; t < n_tok; t++)
-        for (int i = 0; i < g; i += hmax) {
-            const int H = g - i < hmax ? g - i : hmax;
-            const float *q = Q + t * q_ld + i * hd;
-            float *o = O + t * o_ld + i * hd;
-            const int64_t nk = n_past + t + 1;
-            if (hd == 64) {
-                switch (H) {
-                case 1: dec_tile(f16, 4, 1, nk, q, K, V, kv_ld, scale, o, scratch); break;
-                case 2: dec_tile(f16, 4, 2, nk, q, K, V, kv_ld, scale, o, scratch); break;
-                case 3: dec_tile(f16, 4, 3, nk, q, K, V, kv_ld, scale, o, scratch); break;
-                default: dec_tile(f16, 4, 4, nk, q, K, V, kv_ld, scale, o, scratch); break;
-                }
-            } else if (H == 1) {
-                dec_tile(f16, 8, 1, nk, q, K, V, kv_ld, scale, o, scratch);
-            } else {
-                dec_tile(f16, 8, 2, nk, q, K, V, kv_ld, scale, o, scratch);
-            }
+AI int dec_hmax(int64_t hd) { return hd == 64 ? 4 : hd == 128 ? 2 : 0; }
+
+/* H <= dec_hmax(hd) heads of one token (hd 64 or 128). */
+AI void dec_heads(const int f16, int H, int64_t hd, int64_t n_keys, const float *q, const void *K,
+                  const void *V, int64_t kv_ld, float scale, float *o, float *s) {
+    if (hd == 64) {
+        switch (H) {
+        case 1: dec_tile(f16, 4, 1, n_keys, q, K, V, kv_ld, scale, o, s); break;
+        case 2: dec_tile(f16, 4, 2, n_keys, q, K, V, kv_ld, scale, o, s); break;
+        case 3: dec_tile(f16, 4, 3, n_keys, q, K, V, kv_ld, scale, o, s); break;
+        default: dec_tile(f16, 4, 4, n_keys, q, K, V, kv_ld, scale, o, s); break;
         }
+    } else if (H == 1) {
+        dec_tile(f16, 8, 1, n_keys, q, K, V, kv_ld, scale, o, s);
+    } else {
+        dec_tile(f16, 8, 2, n_keys, q, K, V, kv_ld, scale, o, s);
+    }
 }
 
-static void attn_dec_f32(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                         int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                         float *O, int64_t o_ld, float *scratch) {
-    attn_dec(0, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
-
-static void attn_dec_f16(int64_t hd, const float *Q, int64_t q_ld, int g, int64_t n_tok,
-                         int64_t n_past, const void *K, const void *V, int64_t kv_ld, float scale,
-                         float *O, int64_t o_ld, float *scratch) {
-    attn_dec(1, hd, Q, q_ld, g, n_tok, n_past, K, V, kv_ld, scale, O, o_ld, scratch);
-}
+#include "attn_common.h"
 
 /* ---- SwiGLU ------------------------------------------------------------------------ */
 
