@@ -230,16 +230,23 @@ def test_batch_equals_token_by_token(q4_model):
     assert_close(chunked_last, batch[-1], atol=1e-5 * scale, rtol=1e-5, what="chunked last")
 
 
-def test_thread_counts_agree(q4_model):
+@pytest.mark.parametrize("share_kb", [None, "0"])
+def test_thread_counts_agree(q4_model, monkeypatch, share_kb):
     """Work is split by rows, heads and blocks, never by partial sums, so the
-    result does not depend on the number of workers (3 oversubscribes 2 cores)."""
+    result does not depend on the number of workers (3 oversubscribes 2 cores).
+    share_kb "0": every decode phase is handed out in pieces by a counter
+    (forward.c rows_begin; by default only phases of >= 4 MiB per worker are,
+    which this tiny model has none of), so who computes which rows changes
+    from step to step; the logits must not."""
+    if share_kb is not None:
+        monkeypatch.setenv("PQ_DECODE_SHARE_KB", share_kb)
     path, _, _ = q4_model
     outs = []
     for nt in (1, 2, 3):
         with Weights(path, n_threads=nt) as w, KVContext(w, 64, kv_type="f32") as c:
             assert w.n_threads == nt
             outs.append(c.eval(TOKENS, 0, all_logits=True))
-            outs.append(np.stack([c.eval([t], i) for i, t in enumerate(TOKENS[:4])]))
+            outs.append(np.stack([c.eval([t], i) for i, t in enumerate(TOKENS[:8])]))
     for o in outs[2:]:
         assert np.array_equal(o, outs[0 if o.shape == outs[0].shape else 1])
 
