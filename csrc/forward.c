@@ -102,9 +102,10 @@ typedef struct {
  * phase's counter, so the first pieces are long (prefetch streams run on) and
  * the last short, and a worker that runs ahead takes more instead of waiting
  * at the next barrier. Measured on the 7B shape, 2 threads, A/B in one
- * process: static halves left the workers waiting (CPU share 0.93-0.94) and
- * the guided split was 9-19 % faster per token (0.81-0.91 median time ratio
- * over 8 pairs, three runs). Small phases stay static: with SmolLM2-135M's
+ * process: static halves left the workers waiting (CPU share 0.93-0.95) and
+ * the guided split's median time ratio over 8-12 pairs was 0.81-1.01 in six
+ * runs (median of runs ~0.88; piece sizes 32-256 KiB; the machine's bandwidth
+ * drifts by more than that). Small phases stay static: with SmolLM2-135M's
  * 10-50 us phases the pieces cost 18 % (a new prefetch stream and activation
  * layout per piece), and TinyLlama-1.1B came out even either way. Prompt
  * batches stay static too: their kernels pack activations per call.
@@ -292,7 +293,7 @@ static void forward_body(void *arg, int ith, int nth) {
          * Work items are heads (head_dim rows of Wq, Wk or Wv), so a worker
          * rotates and stores exactly the heads it computed. */
         rows_it it = rows_begin(c, &ph, ith, nth, n_heads + 2 * n_kv, 1, (size_t)hd * L->wq.row_bytes);
-        while (rows_next(&it, &a, &b))
+        while (rows_next(&it, &a, &b)) /* heads [a, b) of q | k | v */
         for (int i = 0, u0 = 0; i < 3; u0 += i == 0 ? n_heads : n_kv, i++) {
             int cnt = i == 0 ? n_heads : n_kv;
             int h0 = a - u0 > 0 ? (int)(a - u0) : 0, h1 = b - u0 < cnt ? (int)(b - u0) : cnt;
