@@ -471,7 +471,7 @@ def main(argv=None):
             "loadavg": " ".join(open("/proc/loadavg").read().split()[:3]),
             "command": "python -m benchmarks.compare " + " ".join(argv if argv is not None
                                                                  else sys.argv[1:])}
-    bw = {} if args.no_stream else stream_bandwidth(threads)
+    bw = {}   # per thread count: the best read test of the run (the rounds run them)
     rows = []
     for name, path in resolve(args.models):
         size = os.path.getsize(path)
@@ -489,7 +489,7 @@ def main(argv=None):
                 if not args.no_stream:   # right before the round: the machine drifts
                     b, m = stream_bandwidth([thr])[thr]
                     row["bw_rounds"].append((b, m))
-                    if b > bw[thr][0]:   # the header keeps the best seen in the run
+                    if thr not in bw or b > bw[thr][0]:   # the header keeps the best seen
                         bw[thr] = (b, m)
                 order = engines if rnd % 2 == 0 else engines[::-1]
                 results = {}
