@@ -272,9 +272,8 @@ class KVContext(OwnsC):
                 dst = op
             else:
                 dst = ffi.NULL  # no logits wanted from this chunk
-            st = lib.pq_ctx_eval(self._ptr, tp + i, m, pos + i, dst, 1 if all_logits else 0)
-            if st:
-                check(st, "KVContext.eval")
+            check(lib.pq_ctx_eval(self._ptr, tp + i, m, pos + i, dst, 1 if all_logits else 0),
+                  "KVContext.eval")
         return out if all_logits else out[0]
 
     def cancel(self):

@@ -128,7 +128,6 @@ class Sampler:
         i = int(np.searchsorted(np.cumsum(probs), r, side="right"))
         return int(ids[min(i, ids.size - 1)])
 
-
     def _greedy_shortcut(self, logits):
         """Greedy's token without copying the logits, or None to take the
         general path (which gives the same answer).
