@@ -151,3 +151,27 @@ def test_compare_merge_keeps_a_failed_round():
     ok = _worker_result("pq", [1.0], [1.0])
     bad = {"engine": "pq", "threads": 2, "error": "timed out after 600 s"}
     assert compare.merge_rounds([ok, bad])["error"] == "timed out after 600 s"
+
+
+def test_roofline_holds_each_decode_against_its_neighbouring_read_tests():
+    """Each decode is compared with the read tests right around it, not with a
+    run-wide figure: here the bandwidth halves mid-run and both engines keep
+    pace with it, so every % stays put while a run-wide mean would not."""
+    from benchmarks import roofline
+
+    wbytes, tokens = 1e9, 10          # 10 GB per decode
+    samples = [{"read": 40.0},
+               {"engine": "pq", "pair": 0, "s": 10 / 36}, {"read": 40.0},        # 36 GB/s: 90 %
+               {"engine": "llama.cpp", "pair": 0, "s": 10 / 30}, {"read": 20.0},  # mean 30: 100 %?
+               {"engine": "llama.cpp", "pair": 1, "s": 10 / 16}, {"read": 20.0},  # 80 %
+               {"engine": "pq", "pair": 1, "s": 10 / 18}, {"read": 20.0}]        # 90 %
+    s = roofline.summarize(samples, wbytes, tokens, ["pq", "llama.cpp"])
+    assert s["pct"]["pq"] == pytest.approx([90.0, 90.0])
+    # pair 0's llama.cpp decode sat between 40 and 20 GB/s tests: held against 30
+    assert s["pct"]["llama.cpp"] == pytest.approx([100.0, 80.0])
+    assert s["ratio"] == pytest.approx([0.9, 90 / 80])
+    assert s["ceiling"] == pytest.approx([1.0, 1.25])
+    # one engine alone: its % only, no ratios
+    alone = roofline.summarize([x for x in samples if x.get("engine") != "llama.cpp"],
+                               wbytes, tokens, ["pq"])
+    assert alone["pct"]["pq"] == pytest.approx([90.0, 90.0]) and alone["ratio"] == []
