@@ -134,7 +134,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pairs", type=int, default=8, help="decodes per engine")
     ap.add_argument("--tokens", type=int, default=None,
-                    help="decode steps per measurement (default: ~3 GB of weights read, 8-128)")
+                    help="decode steps per measurement (default: ~16 GB of weights read, 16-128)")
     ap.add_argument("--engines", default="pq,llama.cpp")
     ap.add_argument("--json", help="also write the samples and summary to this file")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
@@ -155,7 +155,7 @@ def main(argv=None):
         ap.error("--engines names none of pq, llama.cpp")
     warm_page_cache(path)
     wbytes = weight_bytes_per_token(path)
-    tokens = args.tokens or max(8, min(128, round(3e9 / wbytes)))
+    tokens = args.tokens or max(16, min(128, round(16e9 / wbytes)))
     servers = {}
     try:
         for e in engines:
