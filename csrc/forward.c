@@ -290,25 +290,33 @@ static void forward_body(void *arg, int ith, int nth) {
 
         /* q = Wq x, k = Wk x, v = Wv x: (n, q_dim), (n, kv_dim), (n, kv_dim);
          * RoPE on q and k; k and v into the cache at positions pos..pos+n-1.
-         * Work items are heads (head_dim rows of Wq, Wk or Wv), so a worker
-         * rotates and stores exactly the heads it computed. */
-        rows_it it = rows_begin(c, &ph, ith, nth, n_heads + 2 * n_kv, 1, (size_t)hd * L->wq.row_bytes);
-        while (rows_next(&it, &a, &b)) /* heads [a, b) of q | k | v */
-        for (int i = 0, u0 = 0; i < 3; u0 += i == 0 ? n_heads : n_kv, i++) {
-            int cnt = i == 0 ? n_heads : n_kv;
-            int h0 = a - u0 > 0 ? (int)(a - u0) : 0, h1 = b - u0 < cnt ? (int)(b - u0) : cnt;
-            if (h0 >= h1) continue;
+         * Work items are 16-row units of the three matrices stacked (q | k |
+         * v), not whole heads: SmolLM2's 15 heads split 8/7 and one worker
+         * waited at the barrier (26 % longer QKV phase). A unit boundary is
+         * even, and RoPE turns adjacent pairs, so a worker rotates and stores
+         * exactly the rows it computed, even part of a head. */
+        rows_it it = rows_begin(c, &ph, ith, nth, q_dim + 2 * kv_dim, 16, L->wq.row_bytes);
+        while (rows_next(&it, &a, &b)) /* rows [a, b) of q | k | v */
+        for (int i = 0, u0 = 0; i < 3; u0 += i == 0 ? q_dim : kv_dim, i++) {
+            const int cnt = i == 0 ? q_dim : kv_dim;
+            const int r0 = a - u0 > 0 ? (int)(a - u0) : 0, r1 = b - u0 < cnt ? (int)(b - u0) : cnt;
+            if (r0 >= r1) continue;
             float *y = i == 0 ? c->q : i == 1 ? c->k : c->v;
-            int ld = i == 0 ? q_dim : kv_dim;
-            matmul(qkv[i], xq[i], xs, n, y, ld, (int64_t)h0 * hd, (int64_t)h1 * hd);
+            const int ld = i == 0 ? q_dim : kv_dim;
+            matmul(qkv[i], xq[i], xs, n, y, ld, r0, r1);
             for (int t = 0; t < n; t++) {
                 const float *cs = c->rope_cos + t * half, *sn = c->rope_sin + t * half;
-                for (int h = h0; h < h1; h++) {
-                    float *yh = y + (int64_t)t * ld + h * hd;
-                    size_t at = ((size_t)(pos + t) * kv_dim + (size_t)h * hd) * c->kv_elem;
-                    if (i < 2) rope(yh, cs, sn, half);
-                    if (i > 0) store_kv((i == 1 ? kc : vc) + at, yh, hd, c->kv_type);
-                }
+                float *yt = y + (int64_t)t * ld;
+                if (i < 2) /* each head's part in [r0, r1): pairs o/2 .. e/2 of its rope_dim */
+                    for (int h = r0 / hd; h * hd < r1; h++) {
+                        const int o = r0 > h * hd ? r0 - h * hd : 0;
+                        int e = r1 - h * hd < hd ? r1 - h * hd : hd;
+                        if (e > 2 * half) e = 2 * half;
+                        if (e > o) rope(yt + h * hd + o, cs + o / 2, sn + o / 2, (e - o) / 2);
+                    }
+                if (i > 0)
+                    store_kv((i == 1 ? kc : vc) + ((size_t)(pos + t) * kv_dim + r0) * c->kv_elem,
+                             yt + r0, r1 - r0, c->kv_type);
             }
         }
         pq_pool_barrier(pool);
