@@ -290,14 +290,19 @@ static void forward_body(void *arg, int ith, int nth) {
 
         /* q = Wq x, k = Wk x, v = Wv x: (n, q_dim), (n, kv_dim), (n, kv_dim);
          * RoPE on q and k; k and v into the cache at positions pos..pos+n-1.
-         * Work items are 16-row units of the three matrices stacked (q | k |
-         * v), not whole heads: SmolLM2's 15 heads split 8/7 and one worker
-         * waited at the barrier (26 % longer QKV phase). A unit boundary is
+         * Work items are 16-row units of the three matrices stacked k | q |
+         * v, not whole heads. Measured per worker, 2 threads: by heads,
+         * SmolLM2's 15 split 8/7; by units of q | k | v, one worker still had
+         * three matmul calls (each starting its prefetch stream cold) and all
+         * the K/V stores against the other's one call, 18 % (SmolLM2 F16) and
+         * 14 % (TinyLlama Q4_0) longer in this phase; k | q | v gives each
+         * two calls and one of K, V, within 7 % and 1 %. A unit boundary is
          * even, and RoPE turns adjacent pairs, so a worker rotates and stores
          * exactly the rows it computed, even part of a head. */
         rows_it it = rows_begin(c, &ph, ith, nth, q_dim + 2 * kv_dim, 16, L->wq.row_bytes);
-        while (rows_next(&it, &a, &b)) /* rows [a, b) of q | k | v */
-        for (int i = 0, u0 = 0; i < 3; u0 += i == 0 ? q_dim : kv_dim, i++) {
+        while (rows_next(&it, &a, &b)) /* rows [a, b) of k | q | v */
+        for (int j = 0, u0 = 0; j < 3; u0 += j == 1 ? q_dim : kv_dim, j++) {
+            const int i = j == 0 ? 1 : j == 1 ? 0 : 2; /* 0 q, 1 k, 2 v */
             const int cnt = i == 0 ? q_dim : kv_dim;
             const int r0 = a - u0 > 0 ? (int)(a - u0) : 0, r1 = b - u0 < cnt ? (int)(b - u0) : cnt;
             if (r0 >= r1) continue;

@@ -159,8 +159,8 @@ F32_CASES = {
     "gqa": dict(),
     "mha_untied": dict(n_kv=4, tied=False),
     "mqa_wide_heads_partial_rope": dict(n_kv=1, head_dim=32, rope_dim=16, rope_base=500.0),
-    # q | k | v = 192 + 64 + 64 rows, 20 units of 16: two workers split at row 160,
-    # half-way into query head 2, so each rotates part of a head (and the
+    # k | q | v = 64 + 192 + 64 rows, 20 units of 16: two workers split at row
+    # 160, half-way into query head 1, so each rotates part of a head (and the
     # second part lies partly past rope_dim)
     "split_inside_a_head": dict(n_heads=3, n_kv=1, head_dim=64, rope_dim=48),
     "rope_freqs": dict(rope_freqs=True, rope_base=100000.0),
