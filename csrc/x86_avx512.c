@@ -532,23 +532,53 @@ AI __m512 load_w16(const int kind, const char *w, int64_t i, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); /* bf16 */
 }
 
+AI __m512 hsum16(__m512 v[4][4]) {
+    __m512 p[8], q[4], r[2];
+    for (int i = 0; i < 8; i++) {
+        const __m512 a = v[i / 2][(i % 2) * 2], b = v[i / 2][(i % 2) * 2 + 1];
+        p[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    }
+    for (int j = 0; j < 4; j++) {
+        const __m512d a = _mm512_castps_pd(p[2 * j]), b = _mm512_castps_pd(p[2 * j + 1]);
+        q[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    for (int k = 0; k < 2; k++)
+        r[k] = _mm512_add_ps(_mm512_shuffle_f32x4(q[2 * k], q[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(q[2 * k], q[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(r[0], r[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(r[0], r[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* 16 columns (those in m) of an R x T tile. */
+AI void tile_f_step(const int kind, const int R, const int T, const char *w, size_t ws,
+                    const char *x, size_t xs, int64_t i, __mmask16 m, __m512 acc[4][4]) {
+    __m512 wv[4];
+    /* decode: prefetch as in pair_step, one line per row per 64 bytes */
+    if (T == 1 && (kind == K_F32 || (i & 31) == 0))
+        for (int r = 0; r < R; r++)
+            _mm_prefetch(w + r * ws + pq_prefetch_ahead(R, ws) + i * (kind == K_F32 ? 4 : 2), _MM_HINT_T1);
+    for (int r = 0; r < R; r++) wv[r] = load_w16(kind, w + r * ws, i, m);
+    for (int t = 0; t < T; t++) {
+        const __m512 xv = _mm512_maskz_loadu_ps(m, (const float *)(x + t * xs) + i);
+        for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+    }
+}
+
 AI void tile_f(const int kind, const int R, const int T, int64_t cols, const char *w,
                size_t ws, const char *x, size_t xs, float *y, int64_t ldy) {
     __m512 acc[4][4];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < cols; i += 16) {
-        const __mmask16 m = cols - i >= 16 ? 0xffff : (__mmask16)((1u << (cols - i)) - 1);
-        __m512 wv[4];
-        /* decode: prefetch as in pair_step, one line per row per 64 bytes */
-        if (T == 1 && (kind == K_F32 || (i & 31) == 0))
-            for (int r = 0; r < R; r++)
-                _mm_prefetch(w + r * ws + pq_prefetch_ahead(R, ws) + i * (kind == K_F32 ? 4 : 2), _MM_HINT_T1);
-        for (int r = 0; r < R; r++) wv[r] = load_w16(kind, w + r * ws, i, m);
-        for (int t = 0; t < T; t++) {
-            const __m512 xv = _mm512_maskz_loadu_ps(m, (const float *)(x + t * xs) + i);
-            for (int r = 0; r < R; r++) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
-        }
+    int64_t i = 0;
+    for (; i + 16 <= cols; i += 16) tile_f_step(kind, R, T, w, ws, x, xs, i, 0xffff, acc);
+    if (i < cols) tile_f_step(kind, R, T, w, ws, x, xs, i, (__mmask16)((1u << (cols - i)) - 1), acc);
+    if (R == 4 && T == 4) {
+        float s[16];
+        _mm512_storeu_ps(s, hsum16(acc));
+        for (int r = 0; r < 4; r++)
+            for (int t = 0; t < 4; t++) y[t * ldy + r] = s[4 * r + t];
+        return;
     }
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) y[t * ldy + r] = _mm512_reduce_add_ps(acc[r][t]);
@@ -568,21 +598,25 @@ AI void tile_f_tokens(const int kind, const int R, int T, int64_t cols, const ch
  * per 16 columns (then single rows). Memory-bound, so what matters is the
  * prefetch: ~16 KiB ahead, one line per row per 64 bytes, never past the
  * call's rows (x86_common.h, pq_prefetch_ahead_clamped). */
+AI void gemv_f_step(const int kind, const int R, const char *w, size_t ws, const float *x,
+                    int64_t i, __mmask16 m, size_t pf, const char *end, __m512 acc[4]) {
+    const size_t es = kind == K_F32 ? 4 : 2; /* bytes per weight */
+    const __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
+    for (int r = 0; r < R; r++) {
+        const char *pa = w + r * ws + pf + i * es;
+        if ((kind == K_F32 || (i & 31) == 0) && pa < end) _mm_prefetch(pa, _MM_HINT_T1);
+        acc[r] = _mm512_fmadd_ps(load_w16(kind, w + r * ws, i, m), xv, acc[r]);
+    }
+}
+
 AI void gemv_f_rows(const int kind, const int R, int64_t cols, const char *w, size_t ws,
                     const float *x, const char *end, float *y) {
-    const size_t es = kind == K_F32 ? 4 : 2; /* bytes per weight */
     const size_t pf = pq_prefetch_ahead_clamped(R, ws);
     __m512 acc[4];
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < cols; i += 16) {
-        const __mmask16 m = cols - i >= 16 ? 0xffff : (__mmask16)((1u << (cols - i)) - 1);
-        const __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
-        for (int r = 0; r < R; r++) {
-            const char *pa = w + r * ws + pf + i * es;
-            if ((kind == K_F32 || (i & 31) == 0) && pa < end) _mm_prefetch(pa, _MM_HINT_T1);
-            acc[r] = _mm512_fmadd_ps(load_w16(kind, w + r * ws, i, m), xv, acc[r]);
-        }
-    }
+    int64_t i = 0;
+    for (; i + 16 <= cols; i += 16) gemv_f_step(kind, R, w, ws, x, i, 0xffff, pf, end, acc);
+    if (i < cols) gemv_f_step(kind, R, w, ws, x, i, (__mmask16)((1u << (cols - i)) - 1), pf, end, acc);
     for (int r = 0; r < R; r++) y[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
