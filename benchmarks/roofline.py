@@ -38,9 +38,13 @@ ROOT = os.path.dirname(HERE)
 def serve(engine, path, threads, n_ctx):
     """Load, say READY, then answer each stdin line 'N' with one JSON line:
     the seconds and CPU share of N greedy decode steps from position 0."""
-    from benchmarks.engines import ENGINES
+    from benchmarks.engines import ENGINES, NotAvailable
 
-    e = ENGINES[engine](path, threads, n_ctx)
+    try:
+        e = ENGINES[engine](path, threads, n_ctx)
+    except NotAvailable as err:
+        print(f"UNAVAILABLE {err}", flush=True)
+        return
     run = e.decode_c if engine == "pq" else e.decode
     run(1, 4, time.perf_counter)   # warm-up: page faults, thread start
     print("READY", flush=True)
@@ -60,9 +64,14 @@ class Server:
             [sys.executable, "-m", "benchmarks.roofline", path, "--serve", engine,
              "--threads", str(threads), "--tokens", str(n_ctx)],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        if self.p.stdout.readline().strip() != "READY":
+        first = self.p.stdout.readline().strip()
+        if first != "READY":
             self.close()
-            raise RuntimeError(f"{engine}: the server did not start (exit {self.p.wait()})")
+            if first.startswith("UNAVAILABLE "):
+                from benchmarks.engines import NotAvailable
+
+                raise NotAvailable(first[len("UNAVAILABLE "):])
+            raise RuntimeError(f"{engine}: the server did not start (exit {self.p.returncode})")
 
     def decode(self, n):
         self.p.stdin.write(f"{n}\n")
@@ -156,10 +165,18 @@ def main(argv=None):
     warm_page_cache(path)
     wbytes = weight_bytes_per_token(path)
     tokens = args.tokens or max(16, min(128, round(16e9 / wbytes)))
+    from benchmarks.engines import NotAvailable
+
     servers = {}
     try:
         for e in engines:
-            servers[e] = Server(e, path, args.threads, tokens)
+            try:
+                servers[e] = Server(e, path, args.threads, tokens)
+            except NotAvailable as err:
+                print(f"{e}: skipped ({err})", file=sys.stderr, flush=True)
+        engines = [e for e in engines if e in servers]
+        if not engines:
+            raise SystemExit("roofline: no engine could run")
         samples = []
 
         def read():
