@@ -127,7 +127,7 @@ static rows_it rows_begin(pq_ctx *c, int *ph, int ith, int nth, int64_t total, i
     return it;
 }
 
-/* The worker's next rows [*a, *b); 0 when the phase has none left for it. */
+/* The worker's next rows [*a, *b), never empty; 0 when the phase has none left for it. */
 static int rows_next(rows_it *it, int64_t *a, int64_t *b) {
     if (!it->ctr) {
         if (it->done) return 0;
@@ -238,6 +238,16 @@ static void store_kv(void *dst, const float *src, int64_t n, int kv_type) {
         uint16_t *h = dst;
         for (int64_t i = 0; i < n; i++) h[i] = pq_fp32_to_fp16(src[i]);
     }
+}
+
+/* Rows [a, b) of the residual stream of every token of the evaluation:
+ * x += W xq (W's output rows go through c->tmp). */
+static void add_matmul(pq_ctx *c, const pq_tensor *W, const void *xq, size_t xs, int64_t a,
+                       int64_t b) {
+    const int n = c->n, dim = c->m->hp.dim;
+    matmul(W, xq, xs, n, c->tmp, dim, a, b);
+    for (int t = 0; t < n; t++)
+        for (int64_t r = a; r < b; r++) c->x[(int64_t)t * dim + r] += c->tmp[(int64_t)t * dim + r];
 }
 
 /* ---- the forward pass --------------------------------------------------- */
@@ -365,11 +375,7 @@ static void forward_body(void *arg, int ith, int nth) {
         if (stage(c, c->att_out, q_dim, NULL, n, (const pq_tensor *[]){&L->wo}, 1, ith, nth, xq))
             pq_pool_barrier(pool);
         it = rows_begin(c, &ph, ith, nth, dim, 16, L->wo.row_bytes);
-        while (rows_next(&it, &a, &b)) {
-            matmul(&L->wo, xq[0], xs, n, c->tmp, dim, a, b);
-            for (int t = 0; t < n; t++)
-                for (int64_t r = a; r < b; r++) c->x[(int64_t)t * dim + r] += c->tmp[(int64_t)t * dim + r];
-        }
+        while (rows_next(&it, &a, &b)) add_matmul(c, &L->wo, xq[0], xs, a, b);
         pq_pool_barrier(pool);
 
         /* FFN rmsnorm, quantized once for gate and up. */
@@ -384,7 +390,7 @@ static void forward_body(void *arg, int ith, int nth) {
             matmul(&L->up, xq[1], xs, n, c->hb2, ffn, a, b);
             for (int t = 0; t < n; t++) {
                 float *g = c->hb + (int64_t)t * ffn, *up = c->hb2 + (int64_t)t * ffn;
-                if (b > a) K->silu_mul(g + a, up + a, b - a);
+                K->silu_mul(g + a, up + a, b - a);
             }
         }
         pq_pool_barrier(pool);
@@ -393,11 +399,7 @@ static void forward_body(void *arg, int ith, int nth) {
         if (stage(c, c->hb, ffn, NULL, n, (const pq_tensor *[]){&L->down}, 1, ith, nth, xq))
             pq_pool_barrier(pool);
         it = rows_begin(c, &ph, ith, nth, dim, 16, L->down.row_bytes);
-        while (rows_next(&it, &a, &b)) {
-            matmul(&L->down, xq[0], xs, n, c->tmp, dim, a, b);
-            for (int t = 0; t < n; t++)
-                for (int64_t r = a; r < b; r++) c->x[(int64_t)t * dim + r] += c->tmp[(int64_t)t * dim + r];
-        }
+        while (rows_next(&it, &a, &b)) add_matmul(c, &L->down, xq[0], xs, a, b);
 
         /* Cancellation point: worker 0 reads the flag, the barrier publishes
          * its verdict, everyone leaves together. */
