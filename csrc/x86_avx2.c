@@ -462,10 +462,6 @@ AI void tile_f(const int kind, const int R, const int T, int64_t cols, const cha
     int64_t i = 0;
     for (; i + 8 <= cols; i += 8) {
         __m256 wv[4];
-        /* decode: L2 prefetch as in tile_q, one line per row per 64 bytes */
-        if (T == 1 && (i & (kind == K_F32 ? 15 : 31)) == 0)
-            for (int r = 0; r < R; r++)
-                _mm_prefetch(w + r * ws + pq_prefetch_ahead(R, ws) + i * (kind == K_F32 ? 4 : 2), _MM_HINT_T1);
         for (int r = 0; r < R; r++) wv[r] = load_w8(kind, w + r * ws, i);
         for (int t = 0; t < T; t++) {
             const __m256 xv = _mm256_loadu_ps((const float *)(x + t * xs) + i);
@@ -535,11 +531,11 @@ AI void gemm_f(const int kind, int64_t cols, const void *W, size_t ws, const voi
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
         const int64_t tn = n_tok - t0 < chunk ? n_tok - t0 : chunk;
         const char *x = (const char *)X + t0 * xs;
-        int64_t r = r0;
-        if (tn == 1) {
-            for (; r + 4 <= r1; r += 4)
-                tile_f(kind, 4, 1, cols, (const char *)W + r * ws, ws, x, xs, Y + t0 * ldy + r, ldy);
+        if (tn == 1) { /* a last chunk of one token streams the weights: the decode kernel */
+            gemv_f(kind, cols, (const char *)W, ws, (const float *)x, Y + t0 * ldy, r0, r1);
+            continue;
         }
+        int64_t r = r0;
         for (; r + 2 <= r1; r += 2)
             for (int64_t t = 0; t < tn; t += 4)
                 tile_f_tokens(kind, 2, (int)(tn - t < 4 ? tn - t : 4), cols, (const char *)W + r * ws,

@@ -554,10 +554,6 @@ AI __m512 hsum16(__m512 v[4][4]) {
 AI void tile_f_step(const int kind, const int R, const int T, const char *w, size_t ws,
                     const char *x, size_t xs, int64_t i, __mmask16 m, __m512 acc[4][4]) {
     __m512 wv[4];
-    /* decode: prefetch as in pair_step, one line per row per 64 bytes */
-    if (T == 1 && (kind == K_F32 || (i & 31) == 0))
-        for (int r = 0; r < R; r++)
-            _mm_prefetch(w + r * ws + pq_prefetch_ahead(R, ws) + i * (kind == K_F32 ? 4 : 2), _MM_HINT_T1);
     for (int r = 0; r < R; r++) wv[r] = load_w16(kind, w + r * ws, i, m);
     for (int t = 0; t < T; t++) {
         const __m512 xv = _mm512_maskz_loadu_ps(m, (const float *)(x + t * xs) + i);
@@ -637,6 +633,10 @@ AI void gemm_f(const int kind, GEMM_ARGS) {
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
         const int64_t tn = n_tok - t0 < chunk ? n_tok - t0 : chunk;
         const char *x = (const char *)X + t0 * xs;
+        if (tn == 1) { /* a last chunk of one token streams the weights: the decode kernel */
+            gemv_f(kind, cols, (const char *)W, ws, (const float *)x, Y + t0 * ldy, r0, r1);
+            continue;
+        }
         int64_t r = r0;
         for (; r + 4 <= r1; r += 4)
             for (int64_t t = 0; t < tn; t += 4)
