@@ -220,3 +220,38 @@ def test_random_corruption_never_crashes(tmp_path, small):
             GGUFFile(p).close()
         except FormatError:
             pass
+
+
+def _vm_flags(addr):
+    """VmFlags of this process's mapping holding addr (Linux), else None."""
+    try:
+        with open("/proc/self/smaps") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    inside = False
+    for line in lines:
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= addr < hi
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    return None
+
+
+def test_map_asks_for_huge_pages(small):
+    """The weights map carries MADV_HUGEPAGE ("hg" in smaps), set before the
+    header is read, so pages read from disk can come in 2 MiB folios."""
+    import mmap
+    import os
+    if not hasattr(mmap, "MADV_HUGEPAGE") or not os.path.isdir("/sys/kernel/mm/transparent_hugepage"):
+        pytest.skip("no transparent huge pages on this platform")
+    g = GGUFFile(small)
+    try:
+        flags = _vm_flags(g.address("a.weight"))
+        if flags is None:
+            pytest.skip("no /proc/self/smaps")
+        assert "hg" in flags, flags
+    finally:
+        g.close()
