@@ -206,7 +206,8 @@ def convert(src, out, out_type="q4_0", allow_requantize=False, threads=None, nam
     bar = Progress(total_in, progress)
     rows = []
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(fd, "wb", buffering=0) as raw:
+            f = gw.ChunkedFile(raw)
             w.write_header(f)
             for (tname, s), t in zip(plan.tensors, types):
                 stats = {}

@@ -35,6 +35,65 @@ _NUMPY_OF = {T_UINT8: "<u1", T_INT8: "<i1", T_UINT16: "<u2", T_INT16: "<i2",
              T_UINT32: "<u4", T_INT32: "<i4", T_FLOAT32: "<f4", T_BOOL: "<?",
              T_UINT64: "<u8", T_INT64: "<i8", T_FLOAT64: "<f8"}
 
+# The converter's writes go out in whole chunks of this size, at offsets that
+# are multiples of it (see ChunkedFile).
+WRITE_CHUNK = 4 << 20
+
+
+class ChunkedFile:
+    """A write-only file object that hands the OS writes that start and end
+    at multiples of WRITE_CHUNK in the file (only the last one ends short).
+
+    Why: Linux caches a file written this way in 2 MiB page-cache folios
+    (ext4 on 6.18, measured: aligned 4-8 MiB writes cached 64 of 64 MiB so,
+    100 KB writes none), and the runtime maps such a file with 2 MiB pages,
+    which a decode step reads faster (pyllama_q/gguf.py, _advise_huge). A
+    model is usually run right after it is converted, from that cache.
+    """
+
+    def __init__(self, f):
+        self._f = f
+        self._buf = bytearray(WRITE_CHUNK)
+        self._fill = 0   # bytes of _buf in use; the file so far is a multiple of WRITE_CHUNK
+
+    def _put(self, mv):
+        while len(mv):   # a raw file may write less than asked
+            n = self._f.write(mv)
+            if not n:
+                raise OSError(f"write to {getattr(self._f, 'name', 'output')} made no progress")
+            mv = mv[n:]
+
+    def write(self, data):
+        mv = memoryview(data).cast("B")
+        size = len(mv)
+        if self._fill:   # complete the pending chunk first
+            take = min(size, WRITE_CHUNK - self._fill)
+            self._buf[self._fill:self._fill + take] = mv[:take]
+            self._fill += take
+            mv = mv[take:]
+            if self._fill < WRITE_CHUNK:
+                return size
+            self._put(memoryview(self._buf))
+            self._fill = 0
+        whole = len(mv) // WRITE_CHUNK * WRITE_CHUNK
+        if whole:   # whole chunks straight from the caller's buffer
+            self._put(mv[:whole])
+        rest = len(mv) - whole
+        self._buf[:rest] = mv[whole:]
+        self._fill = rest
+        return size
+
+    def flush(self):
+        """Write what is buffered (a short chunk: call at the end only)."""
+        if self._fill:
+            self._put(memoryview(self._buf)[:self._fill])
+            self._fill = 0
+        self._f.flush()
+
+    def fileno(self):
+        return self._f.fileno()
+
+
 # GGML tensor types we write, and their (elements per block, bytes per block)
 GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q4_1, GGML_Q8_0, GGML_BF16 = 0, 1, 2, 3, 8, 30
 BLOCK = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_Q4_0: (32, 18), GGML_Q4_1: (32, 20),

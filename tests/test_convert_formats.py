@@ -160,3 +160,56 @@ def test_runtime_imports_no_torch_safetensors_or_gguf(weights, tmp_path):
             "assert not bad, bad\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+class _RecordingRaw:
+    """A raw file that records (offset, length) of every write and, if asked,
+    writes at most `limit` bytes per call (as a raw file may)."""
+
+    def __init__(self, limit=None):
+        self.data, self.writes, self.limit = bytearray(), [], limit
+
+    def write(self, b):
+        n = len(b) if self.limit is None else min(len(b), self.limit)
+        self.writes.append((len(self.data), len(b)))
+        self.data += bytes(b[:n])
+        return n
+
+    def flush(self):
+        pass
+
+
+def test_chunked_file_writes_whole_aligned_chunks(monkeypatch):
+    """The converter's output goes to the OS in chunk-aligned, chunk-sized
+    writes (what lets Linux cache it in 2 MiB folios), whatever sizes the
+    encoder hands over; the bytes are the same."""
+    from pyllama_q.convert import gguf_writer as gw
+    monkeypatch.setattr(gw, "WRITE_CHUNK", 4096)
+    rng = np.random.default_rng(3)
+    pieces = [rng.integers(0, 256, n, dtype=np.uint8) for n in
+              (1, 100, 4095, 4096, 4097, 3 * 4096, 5000, 7, 2 * 4096 + 5, 300)]
+    raw = _RecordingRaw()
+    f = gw.ChunkedFile(raw)
+    for p in pieces:
+        assert f.write(p) == len(p)
+    f.flush()
+    want = b"".join(p.tobytes() for p in pieces)
+    assert bytes(raw.data) == want
+    *body, last = raw.writes
+    for off, n in body:
+        assert off % 4096 == 0 and n % 4096 == 0 and n > 0, (off, n)
+    assert last[0] % 4096 == 0 and last[0] + last[1] == len(want)
+
+
+def test_chunked_file_finishes_short_writes_and_stops_on_none(monkeypatch):
+    from pyllama_q.convert import gguf_writer as gw
+    monkeypatch.setattr(gw, "WRITE_CHUNK", 4096)
+    data = bytes(range(256)) * 70
+    raw = _RecordingRaw(limit=1000)
+    f = gw.ChunkedFile(raw)
+    f.write(data)
+    f.flush()
+    assert bytes(raw.data) == data
+    stuck = _RecordingRaw(limit=0)
+    with pytest.raises(OSError, match="no progress"):
+        gw.ChunkedFile(stuck).write(data)
