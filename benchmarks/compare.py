@@ -7,7 +7,8 @@ use); no MODEL means the standard set (re-quantized SmolLM2-135M, random
 TinyLlama-1.1B and LLaMA-2-7B shapes).
 
 For every model, thread count and engine a fresh worker process loads the file
-(page cache warmed first, so load time is a warm load), then measures
+(page cache warmed first, so load time is a warm load; by default in 2 MiB
+folios, see --page-cache and benchmarks/pagecache.py), then measures
   pp  one batch of PP prompt tokens at positions 0..PP-1 (default 512)
   tg  TG single-token steps at positions 0..TG-1 with greedy argmax (default 128)
 each REPS times on an empty cache after one short warm-up, and reports the
@@ -36,6 +37,8 @@ import sys
 import time
 
 import numpy as np
+
+from benchmarks.pagecache import mapped_kb, prepare
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -121,6 +124,9 @@ def run_worker(engine, path, threads, pp, tg, reps):
                     with_c = False
         res["tg_tokens"] = toks
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    got = mapped_kb(path)   # after the runs: what the engine's reads faulted in
+    if got:
+        res["map_kb"], res["map_huge_kb"] = got
     if tg > 0 and hasattr(eng, "decode_api") and "tgc_s" in res:
         # The app API (Session.generate, greedy) against the C loop, each API
         # run right before a C run so both see the same machine load. After
@@ -193,12 +199,6 @@ def weight_bytes_per_token(path):
     return total
 
 
-def warm_page_cache(path):
-    with open(path, "rb") as f:
-        while f.read(64 << 20):
-            pass
-
-
 def run_one(engine, path, threads, pp, tg, reps, timeout):
     cmd = [sys.executable, "-m", "benchmarks.compare", "--worker", engine, path,
            "--threads", str(threads), "--pp", str(pp), "--tg", str(tg), "--reps", str(reps)]
@@ -239,6 +239,9 @@ def merge_rounds(results):
         if xs:
             out[k] = statistics.median(xs)
     out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in results)
+    shares = [r["map_huge_kb"] / r["map_kb"] for r in results if r.get("map_kb")]
+    if shares:   # the round that got the fewest 2 MiB pages
+        out["map_huge_share"] = min(shares)
     for k in ("tgc_same_tokens", "api_same_tokens"):
         if any(k in r for r in results):
             out[k] = all(r.get(k, True) for r in results)
@@ -404,6 +407,13 @@ def report(meta, rows, bw):
                          f"{statistics.median(a['api_c_tok_s']) * 1e3:.2f}; API / C per pair "
                          f"{', '.join(f'{r:.3f}' for r in ratios)} (median "
                          f"{statistics.median(ratios):.3f}); same tokens: {a.get('api_same_tokens')}")
+        if row.get("cache_huge") is not None and row["threads"] == rows[0]["threads"]:
+            got = "; ".join(f"{e} {100 * r['map_huge_share']:.0f} %" for e, r in
+                            (("pq", a), ("llama.cpp", b)) if r.get("map_huge_share") is not None)
+            notes.append(f"- {row['model']}: page cache ({row['page_cache']}) "
+                         f"{100 * row['cache_huge']:.0f} % of the file in 2 MiB folios; "
+                         f"resident part of each engine's map of the file mapped with 2 MiB "
+                         f"pages: {got or 'n/a'}")
         if b.get("notes") and row["threads"] == rows[0]["threads"]:
             notes.append(f"- {row['model']}: llama.cpp used {b['notes']}")
         n = _agree(a.get("tg_tokens"), b.get("tg_tokens"))
@@ -443,6 +453,10 @@ def main(argv=None):
     ap.add_argument("--md", help="also write the markdown report to this file")
     ap.add_argument("--json", help="also write the raw results to this file")
     ap.add_argument("--no-stream", action="store_true", help="skip the bandwidth test")
+    ap.add_argument("--page-cache", choices=("huge", "as-is"), default="huge",
+                    help="before a model's runs, put its file in the page cache in 2 MiB folios "
+                         "(as pyllama-q's map reads an uncached file; benchmarks/pagecache.py) "
+                         "or leave the cache as it is")
     ap.add_argument("--report-from", metavar="JSON", help="print the report of a saved --json run")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -479,12 +493,12 @@ def main(argv=None):
         pp = args.pp if args.pp is not None else pp
         tg = args.tg if args.tg is not None else tg
         reps = args.reps if args.reps is not None else reps
-        warm_page_cache(path)
+        cache_huge = prepare(path, args.page_cache)
         wbytes = weight_bytes_per_token(path)
         for thr in threads:
             row = {"model": name, "path": path, "threads": thr, "pp": pp, "tg": tg,
                    "reps": reps, "wbytes": wbytes, "by_engine": {}, "rounds": [],
-                   "bw_rounds": []}
+                   "bw_rounds": [], "page_cache": args.page_cache, "cache_huge": cache_huge}
             for rnd in range(args.rounds):
                 if not args.no_stream:   # right before the round: the machine drifts
                     b, m = stream_bandwidth([thr])[thr]

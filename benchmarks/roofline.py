@@ -146,6 +146,8 @@ def main(argv=None):
                     help="decode steps per measurement (default: ~16 GB of weights read, 16-128)")
     ap.add_argument("--engines", default="pq,llama.cpp")
     ap.add_argument("--json", help="also write the samples and summary to this file")
+    ap.add_argument("--page-cache", choices=("huge", "as-is"), default="huge",
+                    help="the model file's page-cache state, as in benchmarks.compare")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -155,14 +157,14 @@ def main(argv=None):
     if args.pairs < 1 or args.threads < 1 or (args.tokens is not None and args.tokens < 1):
         ap.error("--pairs, --threads and --tokens must be at least 1")
 
-    from benchmarks.compare import (git_commit, resolve, stream_bandwidth, warm_page_cache,
-                                    weight_bytes_per_token)
+    from benchmarks.compare import git_commit, resolve, stream_bandwidth, weight_bytes_per_token
+    from benchmarks.pagecache import mapped_kb, prepare
 
     (name, path), = resolve([args.model])
     engines = [e for e in ("pq", "llama.cpp") if e in args.engines.split(",")]
     if not engines:
         ap.error("--engines names none of pq, llama.cpp")
-    warm_page_cache(path)
+    cache_huge = prepare(path, args.page_cache)
     wbytes = weight_bytes_per_token(path)
     tokens = args.tokens or max(16, min(128, round(16e9 / wbytes)))
     from benchmarks.engines import NotAvailable
@@ -191,12 +193,18 @@ def main(argv=None):
                 print(f"pair {i + 1}/{args.pairs} {e}: {tokens / res['s']:.2f} t/s, "
                       f"CPU share {res['cpu_share']:.2f}; read {samples[-1]['read']:.1f} GB/s",
                       file=sys.stderr, flush=True)
+        maps = {e: mapped_kb(path, servers[e].p.pid) for e in engines}
     finally:
         for s in servers.values():
             s.close()
     summary = summarize(samples, wbytes, tokens, engines)
     reads = [s["read"] for s in samples if "read" in s]
     print(report(name, args.threads, tokens, summary, reads, engines))
+    if cache_huge is not None:
+        got = "; ".join(f"{e} {100 * h / r:.0f} %" for e, (r, h) in
+                        ((e, m) for e, m in maps.items() if m and m[0]))
+        print(f"  page cache ({args.page_cache}): {100 * cache_huge:.0f} % of the file in 2 MiB "
+              f"folios; each engine's resident map of it in 2 MiB pages: {got or 'n/a'}")
     if args.json:
         meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git_commit(),
                 "model": name, "threads": args.threads, "tokens": tokens, "wbytes": wbytes,
