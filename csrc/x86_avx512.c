@@ -188,7 +188,7 @@ AI __m512 step(const int kind, const int vnni, __m512 acc, const wpair *w, const
  * sx; flush_ms turns 16 pairs of them into fmas, instead of an fma per pair. */
 AI void pair_step(const int kind, const int vnni, const int R, const int T, const int two,
                   const char *w, size_t ws, const char *x, size_t xs, int slot,
-                  __m512 acc[8][4], __m512i mw[8], __m512i sx[4]) {
+                  __m512 acc[4][4], __m512i mw[4], __m512i sx[4]) {
     const __mmask32 sm = 3u << (2 * slot);
     if (T == 1) { /* decode: no weight reuse, so keep each row's data short-lived */
         const xpair xp = load_x(kind, vnni, two, x);
@@ -209,7 +209,7 @@ AI void pair_step(const int kind, const int vnni, const int R, const int T, cons
         }
         return;
     }
-    wpair wp[8];
+    wpair wp[4];
     for (int r = 0; r < R; r++) {
         wp[r] = load_w(kind, vnni, two, w + r * ws);
         if (kind == K_Q4_1) mw[r] = _mm512_mask_permutexvar_epi16(mw[r], sm, idx_load(IDX_Q4_1_M), wp[r].z);
@@ -222,7 +222,7 @@ AI void pair_step(const int kind, const int vnni, const int R, const int T, cons
 }
 
 /* acc[r][t] += sum over collected slots of m * s; clears the slots. */
-AI void flush_ms(const int R, const int T, __m512 acc[8][4], __m512i mw[8], __m512i sx[4]) {
+AI void flush_ms(const int R, const int T, __m512 acc[4][4], __m512i mw[4], __m512i sx[4]) {
     __m512 slo[4], shi[4];
     for (int t = 0; t < T; t++) {
         slo[t] = _mm512_cvtph_ps(_mm512_castsi512_si256(sx[t]));
@@ -243,8 +243,8 @@ AI void tile_q(const int kind, const int vnni, const int R, const int T, int64_t
                const char *w, size_t ws, const char *x, size_t xs, float *y, int64_t ldy) {
     const size_t wbs = kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : 34;
     const size_t xbs = kind == K_Q4_1 ? 36 : 34;
-    __m512 acc[8][4];
-    __m512i mw[8], sx[4]; /* Q4_1 only */
+    __m512 acc[4][4];
+    __m512i mw[4], sx[4]; /* Q4_1 only */
     for (int r = 0; r < R; r++) {
         mw[r] = _mm512_setzero_si512();
         for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
@@ -476,7 +476,11 @@ AI void gemv_q4(const int kind, const int vnni, int64_t cols, const char *W, siz
 }
 
 /* Rows in tiles of 4 (then 1), tokens in tiles of TT = 4 within L2-sized
- * chunks (Q4_1 spills a little at 4x4 but measured faster than 4x2). */
+ * chunks (Q4_1 spills a little at 4x4 but measured faster than 4x2). Q8_0
+ * decode (one token) takes the same 4-row tiles: 8-row ones, which share
+ * each activation load among more rows, measured 2-7 % slower in the model
+ * (SmolLM2-135M and TinyLlama-shape Q8_0, 1 and 2 threads, in-process A/B;
+ * fewer concurrent row streams suit the prefetchers, see gemv_f). */
 AI void gemm_q(const int kind, const int vnni, int64_t cols, const void *W, size_t ws,
                const void *X, size_t xs, int64_t n_tok, float *Y, int64_t ldy, int64_t r0,
                int64_t r1) {
@@ -496,9 +500,6 @@ AI void gemm_q(const int kind, const int vnni, int64_t cols, const void *W, size
         const int64_t tn = n_tok - t0 < chunk ? n_tok - t0 : chunk;
         const char *x = (const char *)X + t0 * xs;
         int64_t r = r0;
-        if (tn == 1) /* decode: 8 rows share each activation block pair */
-            for (; r + 8 <= r1; r += 8)
-                tile_q(kind, vnni, 8, 1, nb, (const char *)W + r * ws, ws, x, xs, Y + t0 * ldy + r, ldy);
         for (; r + 4 <= r1; r += 4)
             for (int64_t t = 0; t < tn; t += TT)
                 tile_q_tokens(kind, vnni, 4, (int)(tn - t < TT ? tn - t : TT), nb,
@@ -590,38 +591,39 @@ AI void tile_f_tokens(const int kind, const int R, int T, int64_t cols, const ch
     }
 }
 
-/* Decode (n_tok == 1): y[r] = dot(W row r, x) for r in [r0, r1), R = 4 rows
- * per 16 columns (then single rows). Memory-bound, so what matters is the
- * prefetch: ~16 KiB ahead, one line per row per 64 bytes, never past the
- * call's rows (x86_common.h, pq_prefetch_ahead_clamped). */
-AI void gemv_f_step(const int kind, const int R, const char *w, size_t ws, const float *x,
-                    int64_t i, __mmask16 m, size_t pf, const char *end, __m512 acc[4]) {
+/* Decode (n_tok == 1): y[r] = dot(W row r, x) for r in [r0, r1), one row at a
+ * time. Memory-bound, so what matters is how the weights stream in: one row
+ * after the other is one sequential stream, which the hardware prefetcher
+ * follows well, plus a software prefetch ~16 KiB ahead, one line per 64
+ * bytes, never past the call's rows (x86_common.h,
+ * pq_prefetch_ahead_clamped). Measured on Zen 4, SmolLM2-135M F16 decode,
+ * in-process A/B: 1-row against the former 4-row tiles (four streams 1152
+ * bytes apart, one activation load per 4 rows) 0.87-0.89x time at 1 thread
+ * and 0.93-0.97x at 2, with the file mapped in 2 MiB pages and in 4 KiB
+ * pages alike; 2-row tiles were 8-10 % slower than 1-row. One accumulator:
+ * four (a shorter FMA chain) were no faster from DRAM in a C harness. */
+AI void gemv_f_row(const int kind, int64_t cols, const char *w, const float *x, size_t pf,
+                   const char *end, float *y) {
     const size_t es = kind == K_F32 ? 4 : 2; /* bytes per weight */
-    const __m512 xv = _mm512_maskz_loadu_ps(m, x + i);
-    for (int r = 0; r < R; r++) {
-        const char *pa = w + r * ws + pf + i * es;
-        if ((kind == K_F32 || (i & 31) == 0) && pa < end) _mm_prefetch(pa, _MM_HINT_T1);
-        acc[r] = _mm512_fmadd_ps(load_w16(kind, w + r * ws, i, m), xv, acc[r]);
-    }
-}
-
-AI void gemv_f_rows(const int kind, const int R, int64_t cols, const char *w, size_t ws,
-                    const float *x, const char *end, float *y) {
-    const size_t pf = pq_prefetch_ahead_clamped(R, ws);
-    __m512 acc[4];
-    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    __m512 acc = _mm512_setzero_ps();
     int64_t i = 0;
-    for (; i + 16 <= cols; i += 16) gemv_f_step(kind, R, w, ws, x, i, 0xffff, pf, end, acc);
-    if (i < cols) gemv_f_step(kind, R, w, ws, x, i, (__mmask16)((1u << (cols - i)) - 1), pf, end, acc);
-    for (int r = 0; r < R; r++) y[r] = _mm512_reduce_add_ps(acc[r]);
+    for (; i + 16 <= cols; i += 16) {
+        const char *pa = w + pf + i * es;
+        if ((kind == K_F32 || (i & 31) == 0) && pa < end) _mm_prefetch(pa, _MM_HINT_T1);
+        acc = _mm512_fmadd_ps(load_w16(kind, w, i, 0xffff), _mm512_loadu_ps(x + i), acc);
+    }
+    if (i < cols) {
+        const __mmask16 m = (__mmask16)((1u << (cols - i)) - 1);
+        acc = _mm512_fmadd_ps(load_w16(kind, w, i, m), _mm512_maskz_loadu_ps(m, x + i), acc);
+    }
+    *y = _mm512_reduce_add_ps(acc);
 }
 
 AI void gemv_f(const int kind, int64_t cols, const char *W, size_t ws, const float *x, float *y,
                int64_t r0, int64_t r1) {
     const char *end = W + r1 * ws;
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) gemv_f_rows(kind, 4, cols, W + r * ws, ws, x, end, y + r);
-    for (; r < r1; r++) gemv_f_rows(kind, 1, cols, W + r * ws, ws, x, end, y + r);
+    const size_t pf = pq_prefetch_ahead_clamped(1, ws);
+    for (int64_t r = r0; r < r1; r++) gemv_f_row(kind, cols, W + r * ws, x, pf, end, y + r);
 }
 
 AI void gemm_f(const int kind, GEMM_ARGS) {
