@@ -600,8 +600,12 @@ AI void tile_f_tokens(const int kind, const int R, int T, int64_t cols, const ch
  * in-process A/B: 1-row against the former 4-row tiles (four streams 1152
  * bytes apart, one activation load per 4 rows) 0.87-0.89x time at 1 thread
  * and 0.93-0.97x at 2, with the file mapped in 2 MiB pages and in 4 KiB
- * pages alike; 2-row tiles were 8-10 % slower than 1-row. One accumulator:
- * four (a shorter FMA chain) were no faster from DRAM in a C harness. */
+ * pages alike; 2-row tiles were 8-10 % slower than 1-row. One accumulator,
+ * although its FMA chain caps a core near 8 bytes per cycle: with two the
+ * same model decoded 16 % slower at 1 thread (3 % at 2), with four a C
+ * harness read no faster from DRAM. Running ahead of the prefetches does
+ * not pay. (The AVX2 kernel keeps its 4-row tiles: one 8-lane chain per row
+ * would cap it at half that, and a C harness read 11-18 GB/s against 16-27.) */
 AI void gemv_f_row(const int kind, int64_t cols, const char *w, const float *x, size_t pf,
                    const char *end, float *y) {
     const size_t es = kind == K_F32 ? 4 : 2; /* bytes per weight */
