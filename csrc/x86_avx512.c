@@ -187,22 +187,28 @@ AI __m512 step(const int kind, const int vnni, __m512 acc, const wpair *w, const
  * sums s (per token) go, still fp16, into word slots 2*slot, 2*slot+1 of mw /
  * sx; flush_ms turns 16 pairs of them into fmas, instead of an fma per pair. */
 AI void pair_step(const int kind, const int vnni, const int R, const int T, const int two,
-                  const char *w, size_t ws, const char *x, size_t xs, int slot,
-                  __m512 acc[4][4], __m512i mw[4], __m512i sx[4]) {
+                  const char *w, size_t ws, const char *x, size_t xs, int slot, size_t pf,
+                  const char *end, __m512 acc[4][4], __m512i mw[4], __m512i sx[4]) {
     const __mmask32 sm = 3u << (2 * slot);
     if (T == 1) { /* decode: no weight reuse, so keep each row's data short-lived */
         const xpair xp = load_x(kind, vnni, two, x);
         if (kind == K_Q4_1) sx[0] = _mm512_mask_permutexvar_epi16(sx[0], sm, idx_load(IDX_X81_S), xp.z);
         for (int r = 0; r < R; r++) {
-            /* Software prefetch into L2, PF_AHEAD bytes (rounded up to whole
-             * tiles: rows are contiguous, so this is row r of a later tile at
-             * the same column) ahead of the block pair in use. The hardware
+            /* Software prefetch into L2, pf bytes (whole tiles: rows are
+             * contiguous, so this is row r of a later tile at the same
+             * column) ahead of the block pair in use, never past the call's
+             * rows (x86_common.h, pq_prefetch_ahead_clamped). The hardware
              * prefetcher alone kept a 30 MB Q8_0 matvec with 612-byte rows at
-             * ~6 GB/s; with this ~11 GB/s (1 thread, CPU time, loaded box). */
-            _mm_prefetch(w + r * ws + pq_prefetch_ahead(R, ws), _MM_HINT_T1);
+             * ~6 GB/s; with this ~11 GB/s (1 thread, CPU time, loaded box).
+             * Unclamped 64 KiB ahead, SmolLM2-135M Q8_0 at 2 threads decoded
+             * 13-17 % slower (in-process A/B, 3 runs): each worker's share
+             * of a matrix there is ~100-500 KiB, so 64 KiB past its end was
+             * a large share of extra reads. TinyLlama-shape: no difference. */
+            const char *pa = w + r * ws + pf;
+            if (pa < end) _mm_prefetch(pa, _MM_HINT_T1);
             /* a Q8_0 pair is 68 bytes: one prefetch per pair would skip a
              * line now and then, which measured as half the bandwidth */
-            if (kind == K_Q8_0) _mm_prefetch(w + r * ws + pq_prefetch_ahead(R, ws) + 64, _MM_HINT_T1);
+            if (kind == K_Q8_0 && pa + 64 < end) _mm_prefetch(pa + 64, _MM_HINT_T1);
             const wpair wp = load_w(kind, vnni, two, w + r * ws);
             acc[r][0] = step(kind, vnni, acc[r][0], &wp, &xp);
             if (kind == K_Q4_1) mw[r] = _mm512_mask_permutexvar_epi16(mw[r], sm, idx_load(IDX_Q4_1_M), wp.z);
@@ -238,9 +244,12 @@ AI void flush_ms(const int R, const int T, __m512 acc[4][4], __m512i mw[4], __m5
     }
 }
 
-/* Y[t*ldy + r] for an R x T tile over nb blocks; W (R, nb*32) @ X (T, nb*32)^T. */
+/* Y[t*ldy + r] for an R x T tile over nb blocks; W (R, nb*32) @ X (T, nb*32)^T.
+ * One token (decode): software prefetches stop at end. */
 AI void tile_q(const int kind, const int vnni, const int R, const int T, int64_t nb,
-               const char *w, size_t ws, const char *x, size_t xs, float *y, int64_t ldy) {
+               const char *w, size_t ws, const char *x, size_t xs, float *y, int64_t ldy,
+               const char *end) {
+    const size_t pf = pq_prefetch_ahead_clamped(R, ws);
     const size_t wbs = kind == K_Q4_0 ? 18 : kind == K_Q4_1 ? 20 : 34;
     const size_t xbs = kind == K_Q4_1 ? 36 : 34;
     __m512 acc[4][4];
@@ -253,14 +262,14 @@ AI void tile_q(const int kind, const int vnni, const int R, const int T, int64_t
     int slot = 0;
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
-        pair_step(kind, vnni, R, T, 1, w + b * wbs, ws, x + b * xbs, xs, slot, acc, mw, sx);
+        pair_step(kind, vnni, R, T, 1, w + b * wbs, ws, x + b * xbs, xs, slot, pf, end, acc, mw, sx);
         if (kind == K_Q4_1 && ++slot == 16) {
             flush_ms(R, T, acc, mw, sx);
             slot = 0;
         }
     }
     if (b < nb) { /* odd block count: the last block alone, the pair's second half zero */
-        pair_step(kind, vnni, R, T, 0, w + b * wbs, ws, x + b * xbs, xs, slot, acc, mw, sx);
+        pair_step(kind, vnni, R, T, 0, w + b * wbs, ws, x + b * xbs, xs, slot, pf, end, acc, mw, sx);
         slot++;
     }
     if (kind == K_Q4_1 && slot > 0) flush_ms(R, T, acc, mw, sx);
@@ -269,12 +278,13 @@ AI void tile_q(const int kind, const int vnni, const int R, const int T, int64_t
 }
 
 AI void tile_q_tokens(const int kind, const int vnni, const int R, int T, int64_t nb,
-                      const char *w, size_t ws, const char *x, size_t xs, float *y, int64_t ldy) {
+                      const char *w, size_t ws, const char *x, size_t xs, float *y, int64_t ldy,
+                      const char *end) {
     switch (T) {
-    case 1: tile_q(kind, vnni, R, 1, nb, w, ws, x, xs, y, ldy); break;
-    case 2: tile_q(kind, vnni, R, 2, nb, w, ws, x, xs, y, ldy); break;
-    case 3: tile_q(kind, vnni, R, 3, nb, w, ws, x, xs, y, ldy); break;
-    default: tile_q(kind, vnni, R, 4, nb, w, ws, x, xs, y, ldy); break;
+    case 1: tile_q(kind, vnni, R, 1, nb, w, ws, x, xs, y, ldy, end); break;
+    case 2: tile_q(kind, vnni, R, 2, nb, w, ws, x, xs, y, ldy, end); break;
+    case 3: tile_q(kind, vnni, R, 3, nb, w, ws, x, xs, y, ldy, end); break;
+    default: tile_q(kind, vnni, R, 4, nb, w, ws, x, xs, y, ldy, end); break;
     }
 }
 
@@ -498,16 +508,18 @@ AI void gemm_q(const int kind, const int vnni, int64_t cols, const void *W, size
     const int64_t chunk = pq_token_chunk(xs, n_tok);
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
         const int64_t tn = n_tok - t0 < chunk ? n_tok - t0 : chunk;
-        const char *x = (const char *)X + t0 * xs;
+        const char *x = (const char *)X + t0 * xs, *end = (const char *)W + r1 * ws;
         int64_t r = r0;
         for (; r + 4 <= r1; r += 4)
             for (int64_t t = 0; t < tn; t += TT)
                 tile_q_tokens(kind, vnni, 4, (int)(tn - t < TT ? tn - t : TT), nb,
-                              (const char *)W + r * ws, ws, x + t * xs, xs, Y + (t0 + t) * ldy + r, ldy);
+                              (const char *)W + r * ws, ws, x + t * xs, xs, Y + (t0 + t) * ldy + r, ldy,
+                              end);
         for (; r < r1; r++)
             for (int64_t t = 0; t < tn; t += TT)
                 tile_q_tokens(kind, vnni, 1, (int)(tn - t < TT ? tn - t : TT), nb,
-                              (const char *)W + r * ws, ws, x + t * xs, xs, Y + (t0 + t) * ldy + r, ldy);
+                              (const char *)W + r * ws, ws, x + t * xs, xs, Y + (t0 + t) * ldy + r, ldy,
+                              end);
     }
 }
 
