@@ -14,25 +14,25 @@ static inline int64_t pq_token_chunk(size_t x_stride, int64_t n_tok) {
     return c < n_tok ? c : (n_tok > 0 ? n_tok : 1);
 }
 
-/* Decode software-prefetch distance in bytes: about 64 KiB ahead (a fraction
- * of L2), rounded up to a whole number of tiles of R rows of ws bytes, so
- * that w + r*ws + distance is row r of a later tile at the same column (rows
- * are contiguous). Measured 16, 32 and 64 KiB and 2-4 tiles on 576- and
- * 4096-column matrices (avx512vnni, Zen 4); 64 KiB was as good as any. */
+/* A decode software-prefetch distance of `ahead` bytes rounded up to a whole
+ * number of tiles of R rows of ws bytes, so that w + r*ws + distance is row r
+ * of a later tile at the same column (rows are contiguous). */
 static inline size_t pq_prefetch_tiles(int R, size_t ws, size_t ahead) {
     const size_t tile = (size_t)R * ws;
     return tile ? (ahead + tile - 1) / tile * tile : ahead;
 }
-static inline size_t pq_prefetch_ahead(int R, size_t ws) { return pq_prefetch_tiles(R, ws, 64u << 10); }
 
-/* The same, about 16 KiB ahead, for decode kernels that also never prefetch
- * past the end of their call's rows. In a decode step the matrices are used
- * in an order unlike the file's (llama GGUFs sort tensors by name: down,
- * gate, up, k, output, q, v), so the lines past a matrix's end are rarely the
- * next ones used, and a long distance leaves more of each matrix's start to
- * demand misses. Measured on Zen 4, 1 thread, with 576-1536-column Q4_0
- * matrices called in a scattered order: 64 KiB unclamped 9-21 GB/s, clamped
- * 10-22, clamped at 16 KiB 14-26; SmolLM2-135M Q4_0 decode ~10 % faster. */
+/* The distance every decode kernel uses: about 16 KiB ahead, never past the
+ * end of the call's rows. In a decode step the matrices are used in an order
+ * unlike the file's (llama GGUFs sort tensors by name: down, gate, up, k,
+ * output, q, v), so the lines past a matrix's end are rarely the next ones
+ * used, and with two or more workers they are another worker's rows; a long
+ * distance also leaves more of each matrix's start to demand misses.
+ * Measured on Zen 4: 1 thread, 576-1536-column Q4_0 matrices called in a
+ * scattered order, 64 KiB unclamped 9-21 GB/s, clamped 10-22, clamped at 16
+ * KiB 14-26 (SmolLM2-135M Q4_0 decode ~10 % faster); SmolLM2 Q8_0 decode at
+ * 2 threads 13-17 % faster clamped at 16 KiB than 64 KiB unclamped (the last
+ * kernels to change, session 5). */
 static inline size_t pq_prefetch_ahead_clamped(int R, size_t ws) {
     return pq_prefetch_tiles(R, ws, 16u << 10);
 }
