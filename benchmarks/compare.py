@@ -8,7 +8,7 @@ TinyLlama-1.1B and LLaMA-2-7B shapes).
 
 For every model, thread count and engine a fresh worker process loads the file
 (page cache warmed first, so load time is a warm load; by default in 2 MiB
-folios, see --page-cache and benchmarks/pagecache.py), then measures
+folios, see --page-cache and pyllama_q/pagecache.py), then measures
   pp  one batch of PP prompt tokens at positions 0..PP-1 (default 512)
   tg  TG single-token steps at positions 0..TG-1 with greedy argmax (default 128)
 each REPS times on an empty cache after one short warm-up, and reports the
@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from benchmarks.pagecache import mapped_kb, prepare
+from pyllama_q.pagecache import mapped_kb, warm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -455,7 +455,7 @@ def main(argv=None):
     ap.add_argument("--no-stream", action="store_true", help="skip the bandwidth test")
     ap.add_argument("--page-cache", choices=("huge", "as-is"), default="huge",
                     help="before a model's runs, put its file in the page cache in 2 MiB folios "
-                         "(as pyllama-q's map reads an uncached file; benchmarks/pagecache.py) "
+                         "(as pyllama-q's map reads an uncached file; pyllama_q/pagecache.py) "
                          "or leave the cache as it is")
     ap.add_argument("--report-from", metavar="JSON", help="print the report of a saved --json run")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -493,7 +493,7 @@ def main(argv=None):
         pp = args.pp if args.pp is not None else pp
         tg = args.tg if args.tg is not None else tg
         reps = args.reps if args.reps is not None else reps
-        cache_huge = prepare(path, args.page_cache)
+        cache_huge = warm(path, huge=args.page_cache == "huge")["after"]
         wbytes = weight_bytes_per_token(path)
         for thr in threads:
             row = {"model": name, "path": path, "threads": thr, "pp": pp, "tg": tg,

@@ -158,13 +158,13 @@ def main(argv=None):
         ap.error("--pairs, --threads and --tokens must be at least 1")
 
     from benchmarks.compare import git_commit, resolve, stream_bandwidth, weight_bytes_per_token
-    from benchmarks.pagecache import mapped_kb, prepare
+    from pyllama_q.pagecache import mapped_kb, warm
 
     (name, path), = resolve([args.model])
     engines = [e for e in ("pq", "llama.cpp") if e in args.engines.split(",")]
     if not engines:
         ap.error("--engines names none of pq, llama.cpp")
-    cache_huge = prepare(path, args.page_cache)
+    cache_huge = warm(path, huge=args.page_cache == "huge")["after"]
     wbytes = weight_bytes_per_token(path)
     tokens = args.tokens or max(16, min(128, round(16e9 / wbytes)))
     from benchmarks.engines import NotAvailable

@@ -294,6 +294,30 @@ def cmd_info(a):
     return 0
 
 
+def cmd_warm(a):
+    from .pagecache import warm
+
+    if not os.path.exists(a.file):
+        raise FileNotFoundError(f"{a.file}: no such file")
+    if os.path.isdir(a.file):
+        raise IsADirectoryError(f"{a.file}: is a directory, not a model file")
+    size = os.path.getsize(a.file)
+    r = warm(a.file)
+    if r["after"] is None:
+        print(f"{a.file}: {size / 1e6:.1f} MB read into the page cache "
+              f"(page sizes are not visible on this platform)")
+        return 0
+    how = (f"dropped and read again in {r['seconds']:.2f} s" if r["reread"]
+           else "already so")
+    line = (f"{a.file}: {size / 1e6:.1f} MB cached, {100 * r['after']:.0f} % in 2 MiB pages "
+            f"(before: {100 * r['before']:.0f} %; {how})")
+    if r["after"] < 0.9:
+        line += ("; the rest stays in 4 KiB pages (this kernel or file system gives no "
+                 "2 MiB page-cache folios, or a running process maps the file)")
+    print(line)
+    return 0
+
+
 def cmd_convert(argv):
     try:
         from .convert import main as convert_main
@@ -334,6 +358,15 @@ def build_parser():
     sp.add_argument("file", help="GGUF model file")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("warm", help="cache a model file in 2 MiB pages (Linux): faster decoding",
+                        description="Read a model file into the page cache so that it maps with "
+                                    "2 MiB pages, dropping and re-reading it from disk if it is "
+                                    "cached in 4 KiB pages (as a freshly downloaded file is). "
+                                    "Decoding streams every weight once per token and was "
+                                    "measured 5-29 %% faster from 2 MiB pages.")
+    sp.add_argument("file", help="GGUF model file")
+    sp.set_defaults(func=cmd_warm)
 
     sub.add_parser("convert", help="convert a checkpoint to GGUF (see 'convert --help')",
                    add_help=False)

@@ -132,8 +132,9 @@ def _advise_huge(m):
     and map with one TLB entry each. A decode step streams every weight once,
     and in 4 KiB pages it was measured 9-29 % slower (SmolLM2-135M F16 at 2
     and 1 threads, same bytes, one process; NOTES.md). A file already cached
-    in 4 KiB pages stays so until the cache drops it; nothing is copied
-    either way. Elsewhere this is a no-op.
+    in 4 KiB pages stays so until the cache drops it (`pyllama-q warm`,
+    pagecache.py, can do that); nothing is copied either way. Elsewhere this
+    is a no-op.
     """
     advice = getattr(mmap, "MADV_HUGEPAGE", None)
     if advice is None:

@@ -176,32 +176,3 @@ def test_roofline_holds_each_decode_against_its_neighbouring_read_tests():
                                wbytes, tokens, ["pq"])
     assert alone["pct"]["pq"] == pytest.approx([90.0, 90.0]) and alone["ratio"] == []
 
-
-def test_pagecache_counts_this_process_map_of_a_file(tmp_path):
-    """mapped_kb finds the resident part of a file's mappings in a process
-    (and nothing for a file nobody maps); prepare rejects an unknown mode."""
-    import mmap
-    import os
-
-    from benchmarks.pagecache import mapped_kb, prepare
-
-    if not os.path.exists("/proc/self/smaps"):
-        pytest.skip("no /proc/self/smaps")
-    p = tmp_path / "w.bin"
-    p.write_bytes(b"\1" * (3 << 20))
-    other = tmp_path / "other.bin"
-    other.write_bytes(b"\0" * 4096)
-    with open(p, "rb") as f:
-        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        assert mapped_kb(p) == (0, 0)   # mapped, nothing touched yet
-        a = np.frombuffer(m, dtype=np.uint8)
-        assert int(a[: 1 << 20 : 4096].sum()) == 256
-        rss, huge = mapped_kb(p)
-        assert 1024 <= rss <= 3 * 1024 and 0 <= huge <= rss
-        assert mapped_kb(other) == (0, 0)
-        del a
-    finally:
-        m.close()
-    with pytest.raises(ValueError, match="page-cache mode"):
-        prepare(p, "small")
