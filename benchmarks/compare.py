@@ -43,6 +43,7 @@ from pyllama_q.pagecache import mapped_kb, warm
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 ENGINE_ORDER = ["pq", "llama.cpp"]
+API_PAIRS = 4   # app API / C loop pairs per worker, at least
 # Defaults by file size, so that a run of the standard set stays near 15
 # minutes on 2 cores: (largest file bytes, pp, tg, reps). 7B is there for its
 # memory-bound decode, so its prompt is shortened and it runs once.
@@ -128,13 +129,18 @@ def run_worker(engine, path, threads, pp, tg, reps):
     if got:
         res["map_kb"], res["map_huge_kb"] = got
     if tg > 0 and hasattr(eng, "decode_api") and "tgc_s" in res:
-        # The app API (Session.generate, greedy) against the C loop, each API
-        # run right before a C run so both see the same machine load. After
-        # peak RSS: the API loads a second mapping of the file.
-        for _ in range(reps):
-            per_tok, atoks = eng.decode_api(first, tg, timer)
+        # The app API (Session.generate, greedy) against the C loop, in pairs
+        # run back to back so both see the same machine load, which goes first
+        # alternating (no order bias), at least API_PAIRS of them: single pairs
+        # spread +-15 % on this VM. After peak RSS: the API loads a second
+        # mapping of the file.
+        for i in range(max(reps, API_PAIRS)):
+            for which in (("api", "c") if i % 2 == 0 else ("c", "api")):
+                if which == "api":
+                    per_tok, atoks = eng.decode_api(first, tg, timer)
+                else:
+                    dt, _ = eng.decode_c(first, tg, timer)
             res.setdefault("api_tok_s", []).append(per_tok)
-            dt, _ = eng.decode_c(first, tg, timer)
             res.setdefault("api_c_tok_s", []).append(dt / tg)
         res["api_same_tokens"] = atoks == toks
     eng.close()
