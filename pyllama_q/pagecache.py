@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from .gguf import _advise_huge
+
 
 def mapped_kb(path, pid="self"):
     """(kB of `path` resident in the process's maps, kB of those mapped with
@@ -52,11 +54,8 @@ def _touch(path, advise):
             return None
         m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        if advise and hasattr(mmap, "MADV_HUGEPAGE"):
-            try:
-                m.madvise(mmap.MADV_HUGEPAGE)
-            except OSError:
-                pass
+        if advise:
+            _advise_huge(m)
         a = np.frombuffer(m, dtype=np.uint8)
         int(a[::4096].sum())
         got = mapped_kb(path)
