@@ -405,9 +405,10 @@ AI void gemm_q(const int kind, int64_t cols, const void *W, size_t ws, const voi
     }
     const int64_t nb = cols / 32;
     const int64_t chunk = pq_token_chunk(xs, n_tok);
+    const char *end = (const char *)W + r1 * ws; /* decode prefetches stop here */
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
         const int64_t tn = n_tok - t0 < chunk ? n_tok - t0 : chunk;
-        const char *x = (const char *)X + t0 * xs, *end = (const char *)W + r1 * ws;
+        const char *x = (const char *)X + t0 * xs;
         int64_t r = r0;
         if (tn == 1) { /* decode: 8 rows share each activation block */
             for (; r + 8 <= r1; r += 8)

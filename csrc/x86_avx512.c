@@ -506,9 +506,10 @@ AI void gemm_q(const int kind, const int vnni, int64_t cols, const void *W, size
         return;
     }
     const int64_t chunk = pq_token_chunk(xs, n_tok);
+    const char *end = (const char *)W + r1 * ws; /* decode prefetches stop here */
     for (int64_t t0 = 0; t0 < n_tok; t0 += chunk) {
         const int64_t tn = n_tok - t0 < chunk ? n_tok - t0 : chunk;
-        const char *x = (const char *)X + t0 * xs, *end = (const char *)W + r1 * ws;
+        const char *x = (const char *)X + t0 * xs;
         int64_t r = r0;
         for (; r + 4 <= r1; r += 4)
             for (int64_t t = 0; t < tn; t += TT)
